@@ -29,6 +29,8 @@ def _add_model_keys(cfg: CN) -> None:
     _C.MODEL.GLIP = CN()
     # Run the dense (ATSS) head only, as every official GLIP config does (RPN_ONLY); False adds ROI heads.
     _C.MODEL.GLIP.RPN_ONLY = True
+    # Two-stage proposals: detectron2's RPN ("rpn") or the dense head's top boxes ("dense", MODEL.RPN.*_TOPK_*/NMS_THRESH).
+    _C.MODEL.GLIP.PROPOSAL_SOURCE = "rpn"
     # Text features used by the region-token dot product: fused tower output (B/C/T/L) or masked BERT (T(A)).
     _C.MODEL.GLIP.USE_FUSED_FEATURES_DOT_PRODUCT = True
     # Initial value of the learned logit temperature log_scale (logits are divided by exp(log_scale)).
@@ -164,6 +166,8 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.RESIZE_TRUNCATE = True
     # Horizontal flip probability in training (AUGMENT.FLIP_PROB_TRAIN).
     _C.INPUT.FLIP_PROB_TRAIN = 0.5
+    # Flip box/polygon x to W - 1 - x as official BoxList.transpose (legacy "+1"); False = detectron2's W - x.
+    _C.INPUT.FLIP_LEGACY_OFFSET = True
 
     _C.INPUT.PROMPT = CN()
     # Separator between category names in evaluation/training prompts (no trailing separator).
@@ -184,6 +188,10 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.PROMPT.SAMPLE_NEGATIVES = True
     # Include "background" in the negative pool (official O365 quirk P22).
     _C.INPUT.PROMPT.NEGATIVE_INCLUDES_BACKGROUND = False
+    # Training prompt source: "auto" (record's caption if any, else sampled thing_classes), "caption", "vocabulary".
+    _C.INPUT.PROMPT.TRAIN_SOURCE = "auto"
+    # Test prompt source: "auto" (thing_classes if evaluator_type is coco/lvis, else caption), "caption", "vocabulary".
+    _C.INPUT.PROMPT.TEST_SOURCE = "auto"
 
 
 def _add_solver_and_test_keys(cfg: CN) -> None:
@@ -198,6 +206,8 @@ def _add_solver_and_test_keys(cfg: CN) -> None:
     _C.SOLVER.EMA_DECAY = 0.0
     # Evaluate the EMA weights instead of the raw ones when EMA is on.
     _C.SOLVER.EMA_EVAL = True
+    # DDP find_unused_parameters (official default True; False is faster and our model uses every parameter).
+    _C.SOLVER.FIND_UNUSED_PARAMETERS = False
 
 
 def _add_dataset_keys(cfg: CN) -> None:

@@ -1,0 +1,27 @@
+"""Pick the evaluator of a dataset from its MetadataCatalog ``evaluator_type``."""
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
+
+from .flickr import FlickrEvaluator
+from .refexp import RefExpEvaluator
+
+__all__ = ["build_evaluator"]
+
+
+def build_evaluator(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluator:
+    """"coco"/"lvis": detectron2's own evaluators unchanged (pure-Python COCOeval); "flickr": Recall@k;
+    "refexp": precision@k. Boxes come back as ordinary ``pred_classes``, so detection AP needs nothing new."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    if evaluator_type == "coco":
+        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_dir, use_fast_impl=False)
+    if evaluator_type == "lvis":
+        return LVISEvaluator(dataset_name, tasks=tasks, output_dir=output_dir)
+    if evaluator_type == "flickr":
+        return FlickrEvaluator(dataset_name, output_dir=output_dir)
+    if evaluator_type == "refexp":
+        return RefExpEvaluator(dataset_name, output_dir=output_dir)
+    raise ValueError(
+        f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; glip_d2 evaluates 'coco', 'lvis', "
+        "'flickr' and 'refexp' (set it in MetadataCatalog.get(name).evaluator_type)"
+    )
