@@ -219,3 +219,5 @@ def _add_dataset_keys(cfg: CN) -> None:
     _C.DATASETS.SYNTHETIC.NUM_TRAIN = 200
     _C.DATASETS.SYNTHETIC.NUM_VAL = 50
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Your own COCO-format jsons to register before training/evaluation: ((name, json_file, image_root), ...).
+    _C.DATASETS.REGISTER_COCO = []

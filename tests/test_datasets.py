@@ -211,3 +211,31 @@ def test_builtin_names_registered_without_disk_access():
     lvis_names = MetadataCatalog.get("lvis_v1_val_glip").thing_classes
     assert len(lvis_names) == 1203 and lvis_names[0] == "aerosol_can" and "bull" in lvis_names
     assert "horned_cow" not in lvis_names  # detectron2's lvis_v1_val uses synonyms[0] instead
+
+
+def test_register_datasets_from_cfg_registers_user_json(tmp_path):
+    """DATASETS.REGISTER_COCO registers a user's COCO json so one command can evaluate it."""
+    import json
+
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from glip_d2 import add_glip_config
+    from glip_d2.data.datasets import register_datasets_from_cfg
+
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0}],
+        "categories": [{"id": 7, "name": "traffic_light"}, {"id": 9, "name": "dog"}],
+    }
+    json_file = tmp_path / "val.json"
+    json_file.write_text(json.dumps(coco))
+    cfg = add_glip_config(get_cfg())
+    cfg.DATASETS.REGISTER_COCO = [("user_cfg_val", str(json_file), str(tmp_path))]
+    assert register_datasets_from_cfg(cfg) == ["user_cfg_val"]
+    dicts = DatasetCatalog.get("user_cfg_val")
+    assert len(dicts) == 1 and dicts[0]["annotations"][0]["category_id"] == 0
+    assert MetadataCatalog.get("user_cfg_val").evaluator_type == "coco"
+    cfg.DATASETS.REGISTER_COCO = [("missing_val", str(tmp_path / "nope.json"), str(tmp_path))]
+    with pytest.raises(FileNotFoundError, match="missing_val"):
+        register_datasets_from_cfg(cfg)

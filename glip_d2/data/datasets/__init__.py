@@ -47,7 +47,30 @@ __all__ = [
     "register_odinw",
     "register_synthetic",
     "register_synthetic_from_cfg",
+    "register_datasets_from_cfg",
 ]
+
+
+def register_datasets_from_cfg(cfg) -> list:
+    """Register what a config asks for before its data loaders are built (called by the trainer).
+
+    The synthetic sets when DATASETS.TRAIN/TEST name them (generated on first use), and every
+    ``(name, json_file, image_root)`` of DATASETS.REGISTER_COCO as COCO-format grounding data, so that one command
+    evaluates a user's own json. Returns the names registered.
+    """
+    from detectron2.data import DatasetCatalog
+
+    names = list(register_synthetic_from_cfg(cfg))
+    for entry in cfg.DATASETS.REGISTER_COCO:
+        if len(entry) != 3:
+            raise ValueError(f"DATASETS.REGISTER_COCO entries are (name, json_file, image_root); got {entry!r}")
+        name, json_file, image_root = entry
+        if not os.path.isfile(json_file):
+            raise FileNotFoundError(f"DATASETS.REGISTER_COCO: json file of '{name}' not found: {json_file}")
+        if name not in DatasetCatalog.list():
+            register_coco_grounding(name, json_file, image_root)
+        names.append(name)
+    return names
 
 
 def _register_builtin() -> None:
