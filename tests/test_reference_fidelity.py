@@ -1,0 +1,295 @@
+"""glip_d2 against the official GLIP-T(C), stage by stage (``shared/design/reference/README.md``).
+
+The official outputs in ``astronaut.pt`` were computed by microsoft/GLIP on CPU with deterministic weights
+(``make_weights.py`` + ``weights_manifest.json``). Here the same weights are generated in the official format
+(``{"model": {"module." + key: tensor}}``), converted with glip_d2's converter, loaded into the GLIP-T(C) model
+(config GLIP-T_C, random-free: every parameter comes from the file) and run on the same photo and prompt through
+glip_d2's own test mapper (resize, prompt from class names, positive map) and tokenizer. Every stage is compared
+with the README's tolerances; a stage that fails names the module that differs from the official one. Skipped
+when the reference folder is absent.
+"""
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import glip_d2  # noqa: F401
+from glip_d2 import model_zoo
+from glip_d2.checkpoint import compare_with_model, convert_official_checkpoint
+from glip_d2.checkpoint.skeleton import build_model_uninitialized
+
+REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "design" / "reference"
+REF_FILE = REF_DIR / "astronaut.pt"
+pytestmark = [
+    pytest.mark.skipif(
+        not (REF_FILE.is_file() and (REF_DIR / "make_weights.py").is_file()),
+        reason=f"official reference outputs not found in {REF_DIR}",
+    ),
+    pytest.mark.slow,  # a full GLIP-T forward on CPU (about 30 s on an idle 2-core machine)
+]
+
+# README tolerances (absolute max |difference|): float32 noise of the official run itself.
+TOL = {
+    "fpn": 1e-4,
+    "backbone_hidden": 2e-5,
+    "tower_lang": 2e-5,
+    "tower_visual": 1e-3,
+    "head_input": 5e-4,
+    "dot_product_logits": 1e-4,
+    "centerness": 1e-4,
+    "bbox_reg": 1e-5,
+    "score": 1e-5,
+    "box": 1e-3,
+}
+
+
+def sample_index(numel, n=1000):
+    """Positions the reference summaries sampled (README: idx = (arange(1000) * (numel - 1)) // 999)."""
+    if numel <= n:
+        return torch.arange(numel)
+    return (torch.arange(n, dtype=torch.int64) * (numel - 1)) // (n - 1)
+
+
+def max_diff(ref, ours) -> float:
+    """max |ref - ours| for a tensor, or over the sampled positions (and the mean) for a reference summary."""
+    ours = ours.detach().double()
+    if isinstance(ref, dict) and ref.get("summary"):
+        assert list(ours.shape) == list(ref["shape"]), (ours.shape, ref["shape"])
+        sampled = ours.reshape(-1)[sample_index(ours.numel())]
+        return max((sampled - ref["sample"].double()).abs().max().item(), abs(ours.mean().item() - ref["mean"]))
+    assert ours.shape == ref.shape, (tuple(ours.shape), tuple(ref.shape))
+    return (ours - ref.double()).abs().max().item() if ref.numel() else 0.0
+
+
+def pairs(ref, ours):
+    """Level-by-level pairs; the number of levels must agree."""
+    assert len(ref) == len(ours), f"{len(ours)} levels instead of {len(ref)}"
+    return zip(ref, ours)
+
+
+def official_weights():
+    """The reference run's weights, regenerated from make_weights.py + the manifest, in official checkpoint form."""
+    spec = importlib.util.spec_from_file_location("glip_reference_make_weights", REF_DIR / "make_weights.py")
+    make_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_weights)
+    manifest = json.loads((REF_DIR / "weights_manifest.json").read_text())
+    model = {}
+    for entry in manifest["entries"]:
+        if not entry["generated"]:  # relative_position_index / cell_anchors: recomputed by glip_d2
+            continue
+        t = make_weights.make_weight(entry["key"], entry["shape"], entry["rule"])
+        assert t.reshape(-1)[0].item() == entry["first"] and math.isclose(
+            t.sum(dtype=torch.float64).item(), entry["sum"], rel_tol=1e-6, abs_tol=1e-6
+        ), entry["key"]
+        model["module." + entry["key"]] = t
+    return {"model": model}
+
+
+def match_as_sets(ref: dict, ours: dict, box_tol: float, score_tol: float):
+    """Pair detections of the same label whose boxes and scores both agree within tolerance (clipped boxes of
+    different anchors coincide, so the box alone is not an identity). Returns (#unpaired reference detections,
+    max box difference, max score difference) over the pairs."""
+    unmatched, worst_box, worst_score = 0, 0.0, 0.0
+    for label in torch.unique(torch.cat([ref["labels"], ours["labels"]])):
+        r, o = ref["labels"] == label, ours["labels"] == label
+        rb, ob = ref["boxes"][r].double(), ours["boxes"][o].double()
+        rs, os_ = ref["scores"][r].double(), ours["scores"][o].double()
+        box_d = (rb[:, None, :] - ob[None, :, :]).abs().amax(-1)
+        score_d = (rs[:, None] - os_[None, :]).abs()
+        cost = torch.maximum(box_d / box_tol, score_d / score_tol)
+        rows, cols = torch.nonzero(cost <= 1.0, as_tuple=True)
+        used_r, used_o = set(), set()
+        for k in torch.argsort(cost[rows, cols]).tolist():  # greedy, closest pairs first
+            i, j = int(rows[k]), int(cols[k])
+            if i in used_r or j in used_o:
+                continue
+            used_r.add(i)
+            used_o.add(j)
+            worst_box = max(worst_box, box_d[i, j].item())
+            worst_score = max(worst_score, score_d[i, j].item())
+        unmatched += len(rb) - len(used_r)
+    return unmatched, worst_box, worst_score
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Reference + glip_d2's outputs (with per-block tower captures) for the reference photo and prompt."""
+    from detectron2.data import MetadataCatalog
+    from PIL import Image
+
+    from glip_d2.data.mapper import GroundingDatasetMapper
+
+    ref = torch.load(REF_FILE, map_location="cpu", weights_only=False)
+    meta = ref["meta"]
+    cfg = model_zoo.get_config("GLIP-T_C", trained=False)
+    cfg.MODEL.LANGUAGE.PRETRAINED = False
+    cfg.MODEL.LANGUAGE.TOKENIZER = "embedded-minilm"  # the bert-base-uncased vocabulary, offline
+    cfg.INPUT.MIN_SIZE_TEST = meta["overrides"]["INPUT.MIN_SIZE_TEST"]
+    cfg.INPUT.MAX_SIZE_TEST = meta["overrides"]["INPUT.MAX_SIZE_TEST"]
+    cfg.MODEL.DEVICE = "cpu"
+
+    result = convert_official_checkpoint(official_weights())
+    model = build_model_uninitialized(cfg)
+    compare_with_model(result.state_dict, model.state_dict()).raise_if_any("reference weights")
+    missing = model.load_state_dict(result.state_dict, strict=False).missing_keys
+    assert not set(missing) & {n for n, _ in model.named_parameters()}
+    del result
+    model.eval()
+
+    # glip_d2's own input pipeline: the test mapper (official resize rule, PIL bilinear, BGR) reading the photo
+    # from a lossless file, with the evaluation prompt built from the dataset's class names
+    rgb = ref["inputs"]["original_rgb_uint8"].numpy()
+    image_file = tmp_path_factory.mktemp("reference") / "astronaut.png"
+    Image.fromarray(rgb).save(image_file)
+    dataset = "glip_d2_reference_astronaut"
+    MetadataCatalog.get(dataset).set(thing_classes=list(meta["label_names"]), evaluator_type="coco")
+    try:
+        mapper = GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset)
+        inputs = mapper({"file_name": str(image_file), "image_id": 0, "height": rgb.shape[0],
+                         "width": rgb.shape[1], "dataset_name": dataset})
+    finally:
+        MetadataCatalog.remove(dataset)
+    resized_rgb = inputs["image"].numpy().transpose(1, 2, 0)[:, :, ::-1]
+    prompt = {"caption": inputs["caption"], "positive_map": inputs["positive_map"]}
+
+    tower = [dict() for _ in model.vl_tower.blocks]
+    hooks = []
+    for b, block in enumerate(model.vl_tower.blocks):
+        def fuse_hook(_m, _i, out, b=b):
+            tower[b]["fuse_visual"], tower[b]["fuse_lang"] = list(out[0]), out[1]["hidden"]
+
+        def bert_hook(_m, _i, out, b=b):
+            tower[b]["bert_lang"] = out
+
+        def dyconv_hook(_m, _i, out, b=b):
+            tower[b]["dyconv_visual"] = list(out)
+
+        hooks += [block.fusion.register_forward_hook(fuse_hook), block.lang_layer.register_forward_hook(bert_hook),
+                  block.dyconv.register_forward_hook(dyconv_hook)]
+    with torch.no_grad():
+        outputs, inter = model.inference([inputs], return_intermediates=True)
+    for h in hooks:
+        h.remove()
+    return {"ref": ref, "ours": inter, "tower": tower, "resized_rgb": resized_rgb, "prompt": prompt,
+            "outputs": outputs}
+
+
+REPORT = {}
+
+
+def check(stage: str, diff: float, tol: float, module: str):
+    REPORT[stage] = (diff, tol)
+    assert diff <= tol, f"{stage}: max |diff| {diff:.3e} > {tol:.0e}; the module that differs: {module}"
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def test_inputs_are_exact(run):
+    ref, ours = run["ref"], run["ours"]
+    assert np.array_equal(run["resized_rgb"], ref["inputs"]["resized_rgb_uint8"].numpy()), "resize (data/transforms.py)"
+    assert run["prompt"]["caption"] == ref["meta"]["caption"], "evaluation prompt (data/prompts.py)"
+    diff = max_diff(ref["inputs"]["image_tensor_padded"], ours["inputs"]["image_tensor_padded"])
+    check("inputs.image_tensor_padded", diff, 0.0, "GLIP.preprocess_image (normalisation / padding)")
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(ours["inputs"][key].cpu(), ref["inputs"][key]), f"tokenizer: {key}"
+    assert torch.equal(run["prompt"]["positive_map"], ref["inputs"]["positive_map_binary"]), "positive map (tokens.py)"
+    REPORT["inputs.ids/mask/positive_map"] = (0.0, 0.0)
+
+
+def test_fpn(run):
+    ref = run["ref"]["backbone"]["fpn"]
+    diff = max(max_diff(r, o) for r, o in pairs(ref, run["ours"]["backbone"]["fpn"]))
+    check("backbone.fpn P3-P7", diff, TOL["fpn"], "backbone (modeling/backbone/swin.py or fpn.py)")
+
+
+def test_language_backbone(run):
+    ref, ours = run["ref"]["language"], run["ours"]["language"]
+    check("language.backbone_hidden", max_diff(ref["backbone_hidden"], ours["backbone_hidden"]),
+          TOL["backbone_hidden"], "text encoder (modeling/language/hf_bert.py)")
+    check("language.backbone_embedded", max_diff(ref["backbone_embedded_summary"], ours["backbone_embedded"]),
+          TOL["backbone_hidden"], "text encoder masking (modeling/language/hf_bert.py)")
+
+
+@pytest.mark.parametrize("block", range(6))
+def test_tower_block(run, block):
+    ref, ours = run["ref"]["tower"][block], run["tower"][block]
+    n = int(run["ref"]["meta"]["n_valid_tokens"])
+    lang_pairs = [("fuse_lang", "fusion (modeling/fusion/bi_attention.py)"),
+                  ("bert_lang", "extra BERT layer (modeling/fusion/bert_layer.py)")]
+    for name, module in lang_pairs:
+        if name in ref:  # the last block is stored in full
+            diff = max_diff(ref[name], ours[name])
+        else:
+            diff = max(max_diff(ref[f"{name}_valid_tokens"], ours[name][:, :n]),
+                       max_diff(ref[f"{name}_summary"], ours[name]))
+        check(f"tower[{block}].{name}", diff, TOL["tower_lang"], module)
+    diff = max(max_diff(r, o) for r, o in pairs(ref["fuse_visual"], ours["fuse_visual"]))
+    check(f"tower[{block}].fuse_visual", diff, TOL["tower_visual"], "fusion (modeling/fusion/bi_attention.py)")
+    diff = max(max_diff(r, o) for r, o in pairs(ref["dyconv_visual"], ours["dyconv_visual"]))
+    tol = TOL["head_input"] if block == 5 else TOL["tower_visual"]
+    check(f"tower[{block}].dyconv_visual", diff, tol, "DyConv (modeling/dyhead.py)")
+
+
+def test_fused_text_and_token_projection(run):
+    ref, ours = run["ref"]["language"], run["ours"]["language"]
+    check("language.fused_hidden", max_diff(ref["fused_hidden"], ours["fused_hidden"]), TOL["tower_lang"],
+          "VL tower language path (modeling/dyhead.py VLTower)")
+    check("language.dot_product_proj_tokens", max_diff(ref["dot_product_proj_tokens"], ours["dot_product_proj_tokens"]),
+          TOL["tower_lang"], "GroundingHead text projection (modeling/grounding_head.py)")
+
+
+def test_head_outputs(run):
+    ref, ours = run["ref"]["head"], run["ours"]["head"]
+    for name, tol in (("bbox_reg", TOL["bbox_reg"]), ("centerness", TOL["centerness"]),
+                      ("dot_product_logits", TOL["dot_product_logits"])):
+        diff = max(max_diff(r, o) for r, o in pairs(ref[name], ours[name]))
+        check(f"head.{name}", diff, tol, "GroundingHead (modeling/grounding_head.py)")
+
+
+def test_anchors_are_exact(run):
+    ref, ours = run["ref"]["anchors"], run["ours"]["anchors"]
+    diff = max(max_diff(r, o) for r, o in pairs(ref, ours))
+    check("anchors", diff, 0.0, "GLIPAnchorGenerator (modeling/anchor_generator.py)")
+
+
+def test_candidates_before_nms_as_a_set(run):
+    ref = run["ref"]["pre_nms"]
+    ours = run["ours"]["pre_nms"][0]
+    ref_d = {"boxes": ref["boxes_xyxy"], "scores": ref["scores"], "labels": ref["labels"]}
+    ours_d = {"boxes": ours["boxes_xyxy"], "scores": ours["scores"], "labels": ours["labels"]}
+    assert len(ours_d["scores"]) == len(ref_d["scores"]), "post-processor thresholds / top-k (modeling/postprocess.py)"
+    unmatched, box, score = match_as_sets(ref_d, ours_d, TOL["box"], TOL["score"])
+    assert unmatched == 0, f"{unmatched} pre-NMS candidates differ (modeling/postprocess.py decoding)"
+    check("pre_nms boxes", box, TOL["box"], "box decoding (modeling/box_coder.py)")
+    check("pre_nms scores", score, TOL["score"], "score = sqrt(mean token prob x centerness) (modeling/postprocess.py)")
+
+
+def test_final_detections_as_a_set(run):
+    ref = run["ref"]["final_sorted"]
+    ours = run["ours"]["final_sorted"][0]
+    ref_d = {"boxes": ref["boxes_xyxy"], "scores": ref["scores"], "labels": ref["labels"]}
+    ours_d = {"boxes": ours["boxes_xyxy"], "scores": ours["scores"], "labels": ours["labels"]}
+    assert len(ours_d["scores"]) == len(ref_d["scores"]), "NMS / detections-per-image (modeling/postprocess.py)"
+    unmatched, box, score = match_as_sets(ref_d, ours_d, TOL["box"], TOL["score"])
+    n = len(ref_d["scores"])
+    assert unmatched == 0, f"{unmatched} of {n} final detections differ (NMS, modeling/postprocess.py)"
+    check("final boxes", box, TOL["box"], "box decoding / clipping (modeling/postprocess.py)")
+    check("final scores", score, TOL["score"], "scores (modeling/postprocess.py)")
+    scale = 512 / 320
+    orig = {"boxes": ref["boxes_xyxy_orig"], "scores": ref["scores"], "labels": ref["labels"]}
+    ours_orig = {"boxes": ours["boxes_xyxy_orig"], "scores": ours["scores"], "labels": ours["labels"]}
+    unmatched, box, _ = match_as_sets(orig, ours_orig, TOL["box"] * scale, TOL["score"])
+    assert unmatched == 0, "rescaling to the original image (GLIP._rescale)"
+    check("final boxes (original image)", box, TOL["box"] * scale, "GLIP._rescale")
+    inst = run["outputs"][0]["instances"]
+    assert inst.image_size == (512, 512) and len(inst) == len(ref_d["scores"])
+
+
+def test_zz_report(run):
+    """Print the per-stage maximum differences (shown with -s or -rP)."""
+    print("\nstage".ljust(41), "max|diff|", "tolerance")
+    for stage, (diff, tol) in REPORT.items():
+        print(f"{stage:<40} {diff:.3e}  {tol:.0e}")
