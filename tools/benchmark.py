@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Eval-forward speed and peak memory of a GLIP model against a baseline, with random weights.
+
+    python tools/benchmark.py                                   # GLIP-T(C) vs GLIP-T(A), CPU, 2 threads, 800x1333
+    python tools/benchmark.py --baseline bf16 --device cuda     # fp32 vs bf16 autocast on a GPU
+
+Each variant runs in its own subprocess so that CPU peak memory (the process's peak RSS, reset after the model is
+built) belongs to that variant alone. Timed: ``model.inference`` on one image with the 80 COCO names as the prompt
+(preprocessing, text encoder, backbone, tower, head, post-processing), median of ``--runs`` after ``--warmup``.
+With random weights almost no box passes the 0.05 score threshold, so NMS time is negligible here.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+COCO_NAMES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
+    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee "
+    "skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle "
+    "wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake "
+    "chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven "
+    "toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
+).split()
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINES = {
+    "no-fusion": "same input through GLIP-T(A) (no deep fusion, no extra BERT layers)",
+    "bf16": "the same model under bfloat16 autocast",
+}
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def run_variant(args) -> dict:
+    """Child process: build one model, time it, print one JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, REPO)
+    import glip_d2
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    glip_d2.add_glip_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, args.variant_config))
+    cfg.MODEL.LANGUAGE.PRETRAINED = False  # random weights, no download
+    if cfg.MODEL.LANGUAGE.MODEL_NAME == "bert-base-uncased":
+        cfg.MODEL.LANGUAGE.TOKENIZER = "embedded-minilm"  # identical vocabulary, bundled
+    cfg.MODEL.DEVICE = args.device
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+
+    captions, spans, pos = [], [], 0
+    for i, name in enumerate(COCO_NAMES):
+        name = name.replace("_", " ")
+        spans.append((pos, pos + len(name)))
+        captions.append(name)
+        pos += len(name) + 2
+    caption = ". ".join(captions)
+    tok = model.language_encoder.tokenizer(caption)
+    pmap = torch.zeros(len(spans), model.language_encoder.max_query_len)
+    for row, (s, e) in enumerate(spans):
+        pmap[row, tok.char_to_token(s) : tok.char_to_token(e - 1) + 1] = 1
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
+    inputs = [{"image": image, "caption": caption, "positive_map": pmap, "height": args.height, "width": args.width}]
+
+    cuda = args.device.startswith("cuda")
+    autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
+
+    def forward():
+        with torch.no_grad(), autocast:
+            model.inference(inputs)
+        if cuda:
+            torch.cuda.synchronize()
+
+    params = sum(p.numel() for p in model.parameters())
+    rss_model = _rss_mb("VmRSS")
+    for _ in range(args.warmup):
+        forward()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    peak_reset = _reset_peak_rss()
+    times = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        forward()
+        times.append(time.perf_counter() - start)
+    if cuda:
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        total = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        total = _rss_mb("VmHWM")
+        peak = total - rss_model if peak_reset else float("nan")
+    return {"median_s": statistics.median(times), "min_s": min(times), "times": times, "params_m": params / 1e6,
+            "peak_extra_mb": peak, "peak_total_mb": total}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/GLIP-T_C.yaml", help="model under test (repo-relative)")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), default="no-fusion")
+    parser.add_argument("--baseline-config", default="configs/GLIP-T_A.yaml", help="model for --baseline no-fusion")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--variant-config", help=argparse.SUPPRESS)  # child process only
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.variant_config:
+        print("BENCHMARK_RESULT " + json.dumps(run_variant(args)), flush=True)
+        return
+
+    variants = [("model", args.config, False)]
+    if args.baseline == "no-fusion":
+        variants.append(("baseline", args.baseline_config, False))
+    else:
+        variants.append(("baseline", args.config, True))
+    results = {}
+    for role, config, bf16 in variants:
+        cmd = [sys.executable, os.path.abspath(__file__), "--variant-config", config, "--device", args.device,
+               "--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width),
+               "--runs", str(args.runs), "--warmup", str(args.warmup)] + (["--bf16"] if bf16 else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK_RESULT ")]
+        if proc.returncode != 0 or not line:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"benchmark of {config} failed (exit {proc.returncode})")
+        results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16)
+
+    m, b = results["model"], results["baseline"]
+    print(f"device {args.device}, {args.threads} threads, input {args.height}x{args.width}, random weights, "
+          f"80-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
+    print(f"baseline: {BASELINES[args.baseline]}")
+    header = f"{'variant':<34}{'params M':>10}{'median s':>10}{'min s':>9}{'peak MB':>10}{'time x':>8}{'mem x':>7}"
+    print(header)
+    print("-" * len(header))
+    for role in ("model", "baseline"):
+        r = results[role]
+        name = os.path.basename(r["config"]) + (" bf16" if r["bf16"] else "")
+        print(f"{name:<34}{r['params_m']:>10.1f}{r['median_s']:>10.2f}{r['min_s']:>9.2f}{r['peak_extra_mb']:>10.0f}"
+              f"{r['median_s'] / b['median_s']:>8.2f}{r['peak_extra_mb'] / b['peak_extra_mb']:>7.2f}")
+    print("peak MB: extra memory of the forward over the built model (CPU: peak RSS; CUDA: max allocated)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
