@@ -9,7 +9,7 @@ from . import compat as _compat
 
 _compat.install()
 
+from . import checkpoint, data, evaluation, modeling  # noqa: E402,F401  (registry side effects, glip_d2:// URLs)
 from .config import add_glip_config  # noqa: E402
-from . import modeling, data, evaluation, checkpoint  # noqa: E402,F401  (registry side effects, glip_d2:// URLs)
 
 __all__ = ["add_glip_config", "__version__"]

@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
-import glip_d2
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
+
+import glip_d2
 from glip_d2.modeling.grounding_head import GroundingHead
 
 REF_DIR = "/work/shared/design/reference"

@@ -10,10 +10,10 @@ import re
 
 import pytest
 import torch
-
-import glip_d2
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+
+import glip_d2
 
 KEYS_DIR = "/work/shared/design/official_keys"
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")

@@ -17,15 +17,6 @@ import subprocess
 import sys
 import time
 
-COCO_NAMES = (
-    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
-    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee "
-    "skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle "
-    "wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake "
-    "chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven "
-    "toaster sink refrigerator book clock vase scissors teddy_bear hair_drier toothbrush"
-).split()
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = {
     "no-fusion": "same input through GLIP-T(A) (no deep fusion, no extra BERT layers)",
@@ -56,7 +47,9 @@ def run_variant(args) -> dict:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, REPO)
-    import glip_d2
+    import glip_d2  # first: installs the detectron2 compatibility shims
+
+    # isort: split
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -70,20 +63,17 @@ def run_variant(args) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg).eval()
 
-    captions, spans, pos = [], [], 0
-    for i, name in enumerate(COCO_NAMES):
-        name = name.replace("_", " ")
-        spans.append((pos, pos + len(name)))
-        captions.append(name)
-        pos += len(name) + 2
-    caption = ". ".join(captions)
-    tok = model.language_encoder.tokenizer(caption)
-    pmap = torch.zeros(len(spans), model.language_encoder.max_query_len)
-    for row, (s, e) in enumerate(spans):
-        pmap[row, tok.char_to_token(s) : tok.char_to_token(e - 1) + 1] = 1
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    from glip_d2.data.prompts import vocabulary_prompt
+    from glip_d2.data.tokens import encode_prompt
+
+    coco_names = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    prompt = encode_prompt(vocabulary_prompt(coco_names), model.language_encoder.tokenizer,
+                           model.language_encoder.max_query_len)
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
-    inputs = [{"image": image, "caption": caption, "positive_map": pmap, "height": args.height, "width": args.width}]
+    inputs = [dict(prompt, image=image, height=args.height, width=args.width)]
 
     cuda = args.device.startswith("cuda")
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
@@ -154,7 +144,7 @@ def main():
             raise SystemExit(f"benchmark of {config} failed (exit {proc.returncode})")
         results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16)
 
-    m, b = results["model"], results["baseline"]
+    b = results["baseline"]
     print(f"device {args.device}, {args.threads} threads, input {args.height}x{args.width}, random weights, "
           f"80-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
     print(f"baseline: {BASELINES[args.baseline]}")

@@ -9,9 +9,8 @@ which shifts every anchor by half a pixel, hence this generator.
 from typing import List, Sequence
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
+from torch import nn
 
 __all__ = ["GLIPAnchorGenerator", "legacy_cell_anchors"]
 

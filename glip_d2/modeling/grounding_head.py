@@ -11,9 +11,8 @@ from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.config import configurable
+from torch import nn
 
 __all__ = ["GroundingHead", "Scale"]
 

@@ -9,7 +9,6 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
 from detectron2.config import configurable
 from detectron2.utils import comm
 

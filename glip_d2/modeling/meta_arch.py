@@ -12,14 +12,13 @@ pixel-index convention (``x2 = x + w - 1``) in exactly one place: ``GLIP._target
 image size by a plain ratio multiply as official, and returned in detectron2's continuous convention (x2 + 1,
 ``legacy_to_continuous``) so that detectron2's COCO export gives the official ``w = x2 - x1 + 1``.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
 
 from .anchor_generator import GLIPAnchorGenerator
 from .box_coder import GLIPBoxCoder, continuous_to_legacy, legacy_to_continuous

@@ -10,7 +10,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from detectron2.config import configurable
 
 from .box_coder import GLIPBoxCoder, legacy_clip, legacy_pairwise_iou
