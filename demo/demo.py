@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Ground a text prompt in images or a video and draw the detections (detectron2's demo interface + --prompt).
+
+    python demo/demo.py --weights GLIP-T --input photo.jpg "more/*.png" --prompt "person. dog" --output out/
+    python demo/demo.py --config-file CFG --weights model_final.pth --input img.png --prompt "a cat on a sofa"
+    python demo/demo.py --weights GLIP-T --video-input clip.mp4 --prompt "car. bicycle" --output out.mp4
+
+``--weights`` is a checkpoint path or a model-zoo name (``GLIP-T``, ``GLIP-L``, ...; its config is used when
+``--config-file`` is not given). Each box is labelled with its phrase and score; masks are drawn when the model
+predicts them. Without ``--output`` the pictures go to ``output/demo/``.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+# isort: off
+import glip_d2  # noqa: F401  (first: detectron2 compatibility shims)
+# isort: on
+from detectron2.structures import Instances
+from detectron2.utils.colormap import colormap
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from glip_d2.engine.defaults import load_glip_cfg
+from glip_d2.engine.predictor import GLIPPredictor, to_uint8_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_PIL_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+logger = logging.getLogger("glip_d2.demo")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", default="", metavar="FILE", help="model config (default: the zoo entry's)")
+    p.add_argument("--weights", default="", help="checkpoint path or model-zoo name (e.g. GLIP-T)")
+    p.add_argument("--input", nargs="+", help="image files or glob patterns ('imgs/*.jpg')")
+    p.add_argument("--video-input", help="a video file")
+    p.add_argument("--output", help="output file (one input) or folder; default output/demo/")
+    p.add_argument("--prompt", required=True, help="'name. name. name', or a sentence to ground")
+    p.add_argument("--phrases", nargs="+", help="for a sentence prompt: the phrases to ground in it")
+    p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn (official 0.5)")
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return p
+
+
+def setup_cfg(args):
+    """Config from --config-file / --weights (zoo name or path) / --opts."""
+    config_file, weights = args.config_file, args.weights
+    if weights and not os.path.exists(weights):
+        from glip_d2 import model_zoo
+
+        try:
+            entry = model_zoo.get_entry(weights)
+        except KeyError as e:
+            raise SystemExit(f"--weights {weights!r} is neither a file nor a model-zoo name: {e.args[0]}") from None
+        config_file = config_file or model_zoo.get_config_file(entry.name)
+        weights = model_zoo.get_weights_url(entry.name)
+    if not config_file:
+        raise SystemExit("give --config-file, or a model-zoo name as --weights")
+    opts = list(args.opts) + (["MODEL.WEIGHTS", weights] if weights else [])
+    return load_glip_cfg(config_file, opts)
+
+
+def read_image(path: str) -> np.ndarray:
+    """BGR uint8 HxWx3 image from a file (EXIF orientation applied; gray, alpha, palette and 16-bit converted).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not a readable image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cannot read image {path!r}: no such file")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in _PIL_16BIT_MODES:
+                arr = np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+            elif img.mode in ("L", "RGB", "RGBA"):
+                arr = np.asarray(img)
+            else:  # palette, LA, CMYK, 1-bit, float, ...
+                has_alpha = "A" in img.mode or "transparency" in img.info
+                arr = np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path!r}: {e}") from None
+    if arr.ndim == 3:  # PIL gives RGB(A); the predictor takes BGR(A)
+        arr = arr[:, :, [2, 1, 0] + ([3] if arr.shape[2] == 4 else [])]
+    return to_uint8_image(arr, f"image {path!r}")
+
+
+def draw(image_bgr: np.ndarray, instances: Instances, threshold: float, min_side: int = 640) -> np.ndarray:
+    """RGB picture with the boxes (and masks) scoring >= ``threshold``, each labelled "phrase score".
+
+    Pictures whose long side is below ``min_side`` are enlarged (by an integer factor) so the labels stay legible.
+    """
+    keep = instances.scores >= threshold
+    inst = instances[keep]
+    scale = max(1, int(np.ceil(min_side / max(image_bgr.shape[:2]))))
+    vis = Visualizer(image_bgr[:, :, ::-1], metadata=None, scale=scale, instance_mode=ColorMode.IMAGE)
+    if len(inst) == 0:
+        return vis.output.get_image()
+    palette = colormap(rgb=True, maximum=1)
+    phrases = inst.pred_phrases if inst.has("pred_phrases") else [str(int(c)) for c in inst.pred_classes]
+    labels = [f"{p} {s:.2f}" for p, s in zip(phrases, inst.scores.tolist())]
+    colors = [palette[int(c) % len(palette)] for c in inst.pred_classes.tolist()]
+    masks = inst.pred_masks.numpy() if inst.has("pred_masks") else None
+    out = vis.overlay_instances(
+        boxes=inst.pred_boxes.tensor.numpy(), labels=labels, masks=masks, assigned_colors=colors, alpha=0.4
+    )
+    return out.get_image()
+
+
+def expand_inputs(patterns: List[str]) -> List[str]:
+    """Files named by the arguments, globs expanded (sorted); an argument that matches nothing is an error."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"--input {pattern!r}: no such file (and no file matches it as a pattern)")
+        files.extend(m for m in matches if os.path.isfile(m))
+    return files
+
+
+def output_path(output: Optional[str], source: str, n_inputs: int, ext: Optional[str] = None) -> str:
+    base = os.path.splitext(os.path.basename(source))[0] + (ext or ".png")
+    if not output:
+        return os.path.join("output", "demo", base)
+    if n_inputs == 1 and os.path.splitext(output)[1]:
+        return output
+    return os.path.join(output, base)
+
+
+def _write_image(path: str, rgb: np.ndarray) -> None:
+    import cv2
+
+    if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"output {path!r}: use a .png or .jpg file name (or a folder)")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, np.ascontiguousarray(rgb[:, :, ::-1])):
+        raise OSError(f"could not write {path!r}")
+
+
+def run_images(predictor: GLIPPredictor, files: List[str], args) -> List[str]:
+    from tqdm import tqdm
+
+    written = []
+    for path in tqdm(files, desc="demo", unit="img", disable=len(files) < 2):
+        image = read_image(path)
+        instances = predictor(image, args.prompt, args.phrases)
+        n = int((instances.scores >= args.confidence_threshold).sum())
+        out = output_path(args.output, path, len(files))
+        _write_image(out, draw(image, instances, args.confidence_threshold))
+        logger.info("%s: %d detections >= %.2f -> %s", path, n, args.confidence_threshold, out)
+        written.append(out)
+    return written
+
+
+def run_video(predictor: GLIPPredictor, path: str, args) -> str:
+    import cv2
+    from tqdm import tqdm
+
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ValueError(f"cannot read video {path!r}")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    out = output_path(args.output, path, 1, ".mp4")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    writer = None
+    try:
+        for _ in tqdm(range(total) if total else iter(int, 1), desc="video", unit="frame"):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            rgb = draw(frame, predictor(frame, args.prompt, args.phrases), args.confidence_threshold)
+            if writer is None:
+                h, w = rgb.shape[:2]
+                writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    return out
+
+
+def main(argv=None) -> List[str]:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="glip_d2")
+    setup_logger(name="fvcore")
+    if bool(args.input) == bool(args.video_input):
+        raise SystemExit("give either --input (images) or --video-input (a video)")
+    cfg = setup_cfg(args)
+    predictor = GLIPPredictor(cfg)
+    if args.video_input:
+        return [run_video(predictor, args.video_input, args)]
+    return run_images(predictor, expand_inputs(args.input), args)
+
+
+if __name__ == "__main__":
+    try:
+        for written_path in main():
+            print(written_path)
+    except (FileNotFoundError, ValueError, TypeError) as e:  # bad input: one clear line, no traceback
+        sys.exit(f"demo.py: error: {e}")

@@ -1,0 +1,65 @@
+"""Config + process setup shared by ``train_net.py``, the demo and the predictor (detectron2's ``default_setup``)."""
+import logging
+from typing import List, Optional
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_setup
+from detectron2.engine import defaults as d2_defaults
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_glip_config
+
+__all__ = ["default_glip_setup", "get_glip_cfg", "load_glip_cfg"]
+
+logger = logging.getLogger(__name__)
+
+
+def get_glip_cfg() -> CfgNode:
+    """detectron2's default config with glip_d2's keys added."""
+    return add_glip_config(get_cfg())
+
+
+def load_glip_cfg(config_file: str = "", opts: Optional[List[str]] = None, *, freeze: bool = True) -> CfgNode:
+    """Config from a YAML file plus ``KEY VALUE`` overrides.
+
+    ``MODEL.DEVICE`` "cuda" falls back to "cpu" (with a warning) on a machine without CUDA, so the same config
+    and command run on a laptop and on a GPU server.
+    """
+    cfg = get_glip_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"Config overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using cpu.", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _collect_env_info_tolerant() -> str:
+    # detectron2 v0.6's collect_env_info() asks detectron2._C for its compiler version; built without the C++
+    # ops (our default install) that call raises, and default_setup() would stop before saving config.yaml.
+    from detectron2.utils.collect_env import collect_env_info
+
+    try:
+        return collect_env_info()
+    except RuntimeError as e:
+        return f"(detectron2 environment summary unavailable: {e})"
+
+
+def default_glip_setup(cfg: CfgNode, args) -> None:
+    """detectron2's ``default_setup`` (loggers, config backup in OUTPUT_DIR, env info, seeding), plus glip_d2's logger."""
+    original = d2_defaults.collect_env_info
+    d2_defaults.collect_env_info = _collect_env_info_tolerant
+    try:
+        default_setup(cfg, args)
+    finally:
+        d2_defaults.collect_env_info = original
+    # glip_d2's own loggers (trainer, checkpointer, data) log beside detectron2's, to the same files
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")

@@ -1,0 +1,254 @@
+"""``GLIPPredictor``: one image (or a batch) + a text prompt -> ``Instances`` with ``pred_phrases``.
+
+Prompt forms (see :meth:`GLIPPredictor.encode_prompt`):
+* a list of names ``["person", "dog"]`` -> one row per name, labels 0..K-1 in list order, official demo caption
+  (``INPUT.PROMPT.DEMO_SEPARATOR`` " . " after every name, P18); a list too long for one prompt is split into
+  as few prompts as hold it and the model merges their detections;
+* a "."-separated string ``"person. dog. cat"`` whose pieces are all short (≤ 4 words): the same rows, the caption
+  kept exactly as written;
+* any other string is free text: ``phrases=[...]`` names the entities to ground (first whole-word match each);
+  without them, noun phrases are found offline (:func:`glip_d2.data.prompts.extract_noun_phrases`, a stand-in
+  for the official NLTK chunker). Free text longer than the token limit cannot be chunked: a ``ValueError``
+  says so.
+
+An encoded prompt (tokenization + positive maps) is cached by its text, so a repeated prompt is not re-encoded;
+the text encoder itself still runs per image, because fusion updates the text features with each image.
+
+Images are OpenCV-style HxWxC arrays in ``INPUT.FORMAT`` order (BGR by default). Accepted and converted:
+grayscale (HxW or HxWx1, replicated to 3 channels), 4-channel (the alpha channel is dropped, not composited),
+uint16 (scaled to 0..255 by /257). Refused with a clear error: non-arrays, empty images (0 pixels), other channel
+counts, float/bool/signed arrays (their value range is ambiguous).
+"""
+import logging
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+
+from ..data.prompts import demo_prompt, free_text_prompt, split_vocabulary
+from ..data.tokens import encode_prompt
+from ..data.transforms import build_glip_augmentation
+from ..modeling.meta_arch import PhraseList
+
+__all__ = ["GLIPPredictor", "PromptType", "parse_prompt", "to_uint8_image"]
+
+logger = logging.getLogger(__name__)
+
+PromptType = Union[str, Sequence[str]]
+
+#: A "."-separated string is read as a list of names when every piece has at most this many words.
+MAX_WORDS_PER_NAME = 4
+_CACHE_SIZE = 64
+
+
+def to_uint8_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """An HxWx3 uint8 array from the accepted inputs (see module docstring), else a ``TypeError``/``ValueError``."""
+    if isinstance(image, torch.Tensor):
+        raise TypeError(f"{what}: expected a numpy array (HxWxC, as cv2.imread returns), got a torch.Tensor")
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array (HxWxC, as cv2.imread returns), got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"{what}: expected an HxW or HxWxC array, got shape {image.shape}")
+    h, w, c = image.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"{what} is empty: shape {image.shape} has 0 pixels")
+    if c not in (1, 3, 4):
+        raise ValueError(f"{what}: expected 1 (gray), 3 (color) or 4 (with alpha) channels, got {c}")
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise TypeError(
+            f"{what}: expected uint8 (or uint16) pixel values, got {image.dtype}; convert float images with "
+            "(img * 255).clip(0, 255).astype(np.uint8) if they are in [0, 1]"
+        )
+    if c == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif c == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def _dotted_names(text: str) -> Optional[List[str]]:
+    """The names of a "."-separated list ("person. dog. cat", "person . dog ."), or None for other text."""
+    if "." not in text:
+        return None
+    pieces = [p.strip() for p in text.split(".")]
+    if pieces and pieces[-1] == "":
+        pieces = pieces[:-1]
+    if not pieces or any(not p or len(p.split()) > MAX_WORDS_PER_NAME for p in pieces):
+        return None
+    return pieces
+
+
+def parse_prompt(prompt: PromptType, phrases: Optional[Sequence[str]] = None):
+    """The prompt's form and its :class:`~glip_d2.data.prompts.Prompt` (or, for a name list, the names).
+
+    Returns ``("names", names)`` or ``("prompt", Prompt)``. Raises ``ValueError`` for an empty prompt.
+    """
+    if isinstance(prompt, (list, tuple)):
+        if phrases is not None:
+            raise ValueError("phrases= is for free-text prompts; a list prompt already lists its phrases")
+        names = list(prompt)
+        if not names:
+            raise ValueError("the prompt is an empty list: give at least one name to detect")
+        for i, n in enumerate(names):
+            if not isinstance(n, str):
+                raise TypeError(f"prompt name #{i} is {type(n).__name__} {n!r}, expected str")
+            if not n.strip():
+                raise ValueError(f"prompt name #{i} is empty ({n!r})")
+        return "names", [n.strip() for n in names]
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("the prompt is empty: give names (a list or 'a. b. c') or a sentence to ground")
+    if phrases is not None:
+        return "prompt", free_text_prompt(prompt, phrases=list(phrases))
+    names = _dotted_names(prompt)
+    if names is not None:
+        spans, pos = [], 0
+        for name in names:
+            start = prompt.index(name, pos)
+            spans.append([(start, start + len(name))])
+            pos = start + len(name)
+        return "prompt", free_text_prompt(prompt, spans=spans)
+    return "prompt", free_text_prompt(prompt)
+
+
+class GLIPPredictor:
+    """Builds the model of ``cfg``, loads ``cfg.MODEL.WEIGHTS`` (path, official file or ``glip_d2://`` zoo name) and
+    runs it on images with text prompts.
+
+    ``predictor(image, prompt, phrases=None)`` -> ``Instances`` (boxes in original image coordinates, ``scores``,
+    ``pred_classes`` = row label, ``pred_phrases``); ``predictor.predict_batch(images, prompts)`` runs several
+    images, each with its own prompt, in one forward pass. Like detectron2's ``DefaultPredictor`` no score
+    threshold is applied beyond the model's own (``MODEL.ATSS.INFERENCE_TH``).
+    """
+
+    def __init__(self, cfg, model: Optional[torch.nn.Module] = None):
+        self.cfg = cfg.clone()
+        if model is None:
+            from .trainer import GLIPTrainer
+
+            if not cfg.MODEL.WEIGHTS:
+                logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model.")
+            # same loading as --eval-only: official/zoo weights converted, EMA weights when SOLVER.EMA_EVAL
+            model = GLIPTrainer.build_model_for_eval(self.cfg)
+        self.model = model.eval()
+        self.tokenizer = self.model.language_encoder.tokenizer
+        self.max_len = int(cfg.MODEL.LANGUAGE.MAX_QUERY_LEN)
+        self.aug = T.AugmentationList(build_glip_augmentation(cfg, is_train=False))
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB' for the predictor, got {self.input_format!r}")
+        self._cache: Dict[tuple, List[Dict]] = OrderedDict()
+        self.cache_hits = 0
+
+    # ------------------------------------------------------------------------------------------------ prompts
+    def encode_prompt(self, prompt: PromptType, phrases: Optional[Sequence[str]] = None) -> List[Dict]:
+        """The model's prompt fields (caption, positive_map, positive_map_labels, phrases), one dict per chunk.
+
+        Cached by (prompt, phrases): a repeated prompt costs no tokenization.
+        """
+        key = (
+            tuple(prompt) if isinstance(prompt, (list, tuple)) else prompt,
+            isinstance(prompt, (list, tuple)),
+            None if phrases is None else tuple(phrases),
+        )
+        try:
+            hit = self._cache.get(key)
+        except TypeError:  # unhashable pieces: let parse_prompt name the problem
+            hit = None
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.cache_hits += 1
+            return hit
+        kind, parsed = parse_prompt(prompt, phrases)
+        if kind == "names":
+            encoded = self._encode_names(parsed)
+        else:
+            encoded = [encode_prompt(parsed, self.tokenizer, self.max_len)]
+        self._cache[key] = encoded
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return encoded
+
+    def _encode_names(self, names: List[str]) -> List[Dict]:
+        p = self.cfg.INPUT.PROMPT
+        single = demo_prompt(names, separator=p.DEMO_SEPARATOR)
+        n_tokens = len(self.tokenizer(single.caption, padding=False, truncation=False)["input_ids"])
+        if n_tokens <= self.max_len:
+            return [encode_prompt(single, self.tokenizer, self.max_len)]
+        # Too long for one prompt: consecutive names packed into as few prompts as fit (evaluation separator,
+        # as the chunked LVIS protocol); the model merges their detections.
+        chunks = split_vocabulary(
+            names, self.tokenizer, max_len=self.max_len, separator=p.SEPARATOR, chunk_size=0, only_if_needed=True
+        )
+        logger.info("%d names need %d tokens: split into %d prompts.", len(names), n_tokens, len(chunks))
+        return [encode_prompt(c, self.tokenizer, self.max_len) for c in chunks]
+
+    # ------------------------------------------------------------------------------------------------ images
+    def _model_input(self, image: np.ndarray, encoded: List[Dict], what: str) -> Dict:
+        image = to_uint8_image(image, what)
+        if self.input_format == "RGB":  # the array arrives as BGR (OpenCV); the model wants RGB
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(image)
+        self.aug(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)).astype("float32"))
+        inputs = {"image": tensor, "height": height, "width": width}
+        if len(encoded) == 1:
+            inputs.update(encoded[0])
+        else:
+            inputs["prompts"] = encoded
+        return inputs
+
+    @staticmethod
+    def _with_phrases(instances: Instances, encoded: List[Dict]) -> Instances:
+        if instances.has("pred_phrases"):
+            return instances
+        label_to_phrase = {}
+        for e in encoded:
+            for label, phrase in zip(e["positive_map_labels"].tolist(), e["phrases"]):
+                label_to_phrase.setdefault(int(label), phrase)
+        instances.pred_phrases = PhraseList(label_to_phrase.get(int(c), "") for c in instances.pred_classes.tolist())
+        return instances
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, prompt: PromptType, phrases: Optional[Sequence[str]] = None) -> Instances:
+        return self.predict_batch([image], [prompt], None if phrases is None else [phrases])[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Union[PromptType, Sequence[PromptType]],
+        phrases: Optional[Sequence[Optional[Sequence[str]]]] = None,
+    ) -> List[Instances]:
+        """Detections for several images in one forward pass; ``prompts`` is one prompt per image, or a single
+        string used for all. (Images are padded to a common size, which changes scores slightly, P20.)"""
+        if isinstance(images, np.ndarray):
+            images = [images]
+        images = list(images)
+        if not images:
+            raise ValueError("predict_batch: no images given")
+        if isinstance(prompts, str):
+            prompts = [prompts] * len(images)
+        prompts = list(prompts)
+        if len(prompts) != len(images):
+            raise ValueError(f"predict_batch: {len(images)} images but {len(prompts)} prompts (one per image)")
+        phrases = [None] * len(images) if phrases is None else list(phrases)
+        if len(phrases) != len(images):
+            raise ValueError(f"predict_batch: {len(images)} images but {len(phrases)} phrase lists")
+        encoded = [self.encode_prompt(p, ph) for p, ph in zip(prompts, phrases)]
+        inputs = [
+            self._model_input(img, enc, f"image #{i}" if len(images) > 1 else "image")
+            for i, (img, enc) in enumerate(zip(images, encoded))
+        ]
+        outputs = self.model(inputs)
+        return [self._with_phrases(o["instances"].to("cpu"), enc) for o, enc in zip(outputs, encoded)]
+
