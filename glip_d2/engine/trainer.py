@@ -231,18 +231,18 @@ class GLIPTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from ..data.datasets import register_synthetic_from_cfg
+        from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
 
-        register_synthetic_from_cfg(cfg)  # generates the synthetic set on first use; no-op for other datasets
+        register_datasets_from_cfg(cfg)  # synthetic set (generated on first use), DATASETS.REGISTER_COCO
         return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from ..data.datasets import register_synthetic_from_cfg
+        from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
 
-        register_synthetic_from_cfg(cfg)
+        register_datasets_from_cfg(cfg)
         return build_detection_test_loader(
             cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset_name)
         )
