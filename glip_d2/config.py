@@ -135,6 +135,9 @@ def _add_head_keys(cfg: CN) -> None:
     _C.MODEL.DYHEAD.USE_DYRELU = True
     _C.MODEL.DYHEAD.USE_DFCONV = True
     _C.MODEL.DYHEAD.USE_DYFUSE = True
+    # Deformable conv kernels: "torchvision", "gather" (same values, 3-6x faster backward on CPU) or "auto" (gather
+    # for CPU training, torchvision otherwise).
+    _C.MODEL.DYHEAD.DEFORM_IMPL = "auto"
     # Gradient checkpointing of DyHead blocks in training.
     _C.MODEL.DYHEAD.USE_CHECKPOINT = True
 

@@ -211,8 +211,9 @@ def _lang(B=2, T=5, D=64, seed=2, dtype=torch.float64):
 
 
 # ----------------------------------------------------------------------------------------------- deformable conv
+@pytest.mark.parametrize("impl", ["torchvision", "gather"])
 @pytest.mark.parametrize("case", ["coarser", "same", "finer"])
-def test_deform_conv_matches_kernel_transcription(case):
+def test_deform_conv_matches_kernel_transcription(case, impl):
     g = torch.Generator().manual_seed(0)
     src_hw = (5, 6)  # the level whose offsets are used
     in_hw, stride = {"coarser": ((3, 3), 1), "same": (src_hw, 1), "finer": ((9, 11), 2)}[case]
@@ -221,7 +222,7 @@ def test_deform_conv_matches_kernel_transcription(case):
     weight = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
     bias = torch.randn(3, generator=g, dtype=torch.float64)
     offset, mask = offset_mask[:, :18], offset_mask[:, 18:].sigmoid()  # offset is a strided view, as officially
-    ours = modulated_deform_conv(x, offset, mask, weight, bias, stride=stride)
+    ours = modulated_deform_conv(x, offset, mask, weight, bias, stride=stride, impl=impl)
     ref = dcn_kernel_reference(x, [om.reshape(-1).numpy() for om in offset_mask],  # raw per-image memory
                                [mk.reshape(-1).numpy() for mk in mask], weight, bias, stride)
     assert ours.shape == ref.shape

@@ -284,7 +284,7 @@ def _centerness_floor(model, rec) -> float:
 def test_tiny_model_overfits_one_image():
     """Frozen random ResNet-18 (speed), trainable FPN + one VL-DyHead block + head, frozen MiniLM.
 
-    The centerness BCE cannot go below the entropy of its soft targets (~0.64 here), so "falls 5x" is measured on
+    The centerness BCE cannot go below the entropy of its soft targets (~0.64 here), so "falls 10x" is measured on
     the loss above that floor; the token focal and GIoU terms can reach 0.
     """
     torch.manual_seed(0)
@@ -296,21 +296,26 @@ def test_tiny_model_overfits_one_image():
     head_ids = {id(p) for p in head}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.AdamW([{"params": rest, "lr": 2e-3}, {"params": head, "lr": 1e-2}], weight_decay=1e-4)
+    # linear decay to 5 %: at a constant high LR the last steps oscillate, and float-rounding differences
+    # (thread count, deformable-conv kernel) decide where the oscillation ends
+    steps = 90
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - 0.95 * i / steps)
     model.train()
     history = []
     with EventStorage():
-        for _ in range(90):
+        for _ in range(steps):
             losses = model([rec])
             loss = sum(losses.values())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(rest + head, 1.0)
             opt.step()
+            schedule.step()
             history.append(loss.item())
     floor = _centerness_floor(model, rec)
     assert 0.3 < floor < history[0]
     first, last = history[0] - floor, float(np.mean(history[-5:])) - floor
-    assert last * 5 <= first, (floor, history)
+    assert last * 10 <= first, (floor, history)
     model.eval()
     with torch.no_grad():
         inst = model([rec])[0]["instances"]

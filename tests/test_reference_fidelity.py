@@ -7,10 +7,14 @@ The official outputs in ``astronaut.pt`` were computed by microsoft/GLIP on CPU 
 glip_d2's own test mapper (resize, prompt from class names, positive map) and tokenizer. Every stage is compared
 with the README's tolerances; a stage that fails names the module that differs from the official one. Skipped
 when the reference folder is absent.
+
+``GLIP_D2_REFERENCE_DIR`` points at another copy of the reference folder; ``GLIP_D2_TEST_DEVICE=cuda`` runs the
+model on a GPU (TF32 off, so that the float32 tolerances still mean float32).
 """
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +26,9 @@ from glip_d2 import model_zoo
 from glip_d2.checkpoint import compare_with_model, convert_official_checkpoint
 from glip_d2.checkpoint.skeleton import build_model_uninitialized
 
-REF_DIR = Path(__file__).resolve().parents[2] / "shared" / "design" / "reference"
+REF_DIR = Path(os.environ.get("GLIP_D2_REFERENCE_DIR")
+               or Path(__file__).resolve().parents[2] / "shared" / "design" / "reference")
+DEVICE = os.environ.get("GLIP_D2_TEST_DEVICE", "cpu")
 REF_FILE = REF_DIR / "astronaut.pt"
 pytestmark = [
     pytest.mark.skipif(
@@ -56,7 +62,7 @@ def sample_index(numel, n=1000):
 
 def max_diff(ref, ours) -> float:
     """max |ref - ours| for a tensor, or over the sampled positions (and the mean) for a reference summary."""
-    ours = ours.detach().double()
+    ours = ours.detach().cpu().double()
     if isinstance(ref, dict) and ref.get("summary"):
         assert list(ours.shape) == list(ref["shape"]), (ours.shape, ref["shape"])
         sampled = ours.reshape(-1)[sample_index(ours.numel())]
@@ -93,6 +99,7 @@ def match_as_sets(ref: dict, ours: dict, box_tol: float, score_tol: float):
     """Pair detections of the same label whose boxes and scores both agree within tolerance (clipped boxes of
     different anchors coincide, so the box alone is not an identity). Returns (#unpaired reference detections,
     max box difference, max score difference) over the pairs."""
+    ours = {k: v.detach().cpu() for k, v in ours.items()}
     unmatched, worst_box, worst_score = 0, 0.0, 0.0
     for label in torch.unique(torch.cat([ref["labels"], ours["labels"]])):
         r, o = ref["labels"] == label, ours["labels"] == label
@@ -130,7 +137,10 @@ def run(tmp_path_factory):
     cfg.MODEL.LANGUAGE.TOKENIZER = "embedded-minilm"  # the bert-base-uncased vocabulary, offline
     cfg.INPUT.MIN_SIZE_TEST = meta["overrides"]["INPUT.MIN_SIZE_TEST"]
     cfg.INPUT.MAX_SIZE_TEST = meta["overrides"]["INPUT.MAX_SIZE_TEST"]
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = DEVICE
+    if DEVICE.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     result = convert_official_checkpoint(official_weights())
     model = build_model_uninitialized(cfg)
@@ -138,7 +148,7 @@ def run(tmp_path_factory):
     missing = model.load_state_dict(result.state_dict, strict=False).missing_keys
     assert not set(missing) & {n for n, _ in model.named_parameters()}
     del result
-    model.eval()
+    model.to(DEVICE).eval()
 
     # glip_d2's own input pipeline: the test mapper (official resize rule, PIL bilinear, BGR) reading the photo
     # from a lossless file, with the evaluation prompt built from the dataset's class names

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Eval-forward speed and peak memory of a GLIP model against a baseline, with random weights.
+"""Speed and peak memory of a GLIP model against a baseline, with random weights: inference or a training step.
 
     python tools/benchmark.py                                   # GLIP-T(C) vs GLIP-T(A), CPU, 2 threads, 800x1333
     python tools/benchmark.py --baseline bf16 --device cuda     # fp32 vs bf16 autocast on a GPU
+    python tools/benchmark.py --mode train --device cuda        # one training iteration (batch --batch)
 
 Each variant runs in its own subprocess so that CPU peak memory (the process's peak RSS, reset after the model is
 built) belongs to that variant alone. Timed: ``model.inference`` on one image with the 80 COCO names as the prompt
 (preprocessing, text encoder, backbone, tower, head, post-processing), median of ``--runs`` after ``--warmup``.
 With random weights almost no box passes the 0.05 score threshold, so NMS time is negligible here.
+``--mode train`` times one optimisation step instead (forward with losses, backward, AdamW step) on a batch of
+``--batch`` images carrying ``--objects`` random ground-truth boxes each, grounded to random prompt phrases.
 """
 import argparse
 import json
@@ -73,16 +76,34 @@ def run_variant(args) -> dict:
                            model.language_encoder.max_query_len)
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
-    inputs = [dict(prompt, image=image, height=args.height, width=args.width)]
-
     cuda = args.device.startswith("cuda")
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
 
-    def forward():
-        with torch.no_grad(), autocast:
-            model.inference(inputs)
-        if cuda:
-            torch.cuda.synchronize()
+    if args.mode == "train":
+        from detectron2.utils.events import EventStorage
+
+        model.train()
+        inputs = [training_record(prompt, image, args.objects, g) for _ in range(args.batch)]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        storage = EventStorage(0).__enter__()  # detectron2 models log into the current storage
+
+        def forward():
+            with autocast:
+                losses = model(inputs)
+            optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizer.step()
+            storage.step()
+            if cuda:
+                torch.cuda.synchronize()
+    else:
+        inputs = [dict(prompt, image=image, height=args.height, width=args.width)]
+
+        def forward():
+            with torch.no_grad(), autocast:
+                model.inference(inputs)
+            if cuda:
+                torch.cuda.synchronize()
 
     params = sum(p.numel() for p in model.parameters())
     rss_model = _rss_mb("VmRSS")
@@ -107,9 +128,30 @@ def run_variant(args) -> dict:
             "peak_extra_mb": peak, "peak_total_mb": total}
 
 
+def training_record(prompt: dict, image, n_objects: int, generator) -> dict:
+    """A mapper-style training dict: the image, the prompt, and ``n_objects`` random boxes grounded to random
+    phrases of the prompt (``instances.gt_positive_map`` = their token rows)."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    h, w = image.shape[-2:]
+    rows = torch.randint(0, len(prompt["positive_map_labels"]), (n_objects,), generator=generator)
+    xy = torch.rand(n_objects, 2, generator=generator) * torch.tensor([w * 0.7, h * 0.7])
+    wh = (0.1 + 0.2 * torch.rand(n_objects, 2, generator=generator)) * torch.tensor([w, h])
+    instances = Instances((h, w))
+    instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+    instances.gt_classes = prompt["positive_map_labels"][rows]
+    instances.gt_positive_map = prompt["positive_map"][rows].clone()
+    return dict(prompt, image=image, instances=instances, height=h, width=w)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/GLIP-T_C.yaml", help="model under test (repo-relative)")
+    parser.add_argument("--mode", choices=["inference", "train"], default="inference",
+                        help="time model.inference on one image, or one training step on --batch images")
+    parser.add_argument("--batch", type=int, default=2, help="images per training step (--mode train)")
+    parser.add_argument("--objects", type=int, default=8, help="ground-truth boxes per image (--mode train)")
     parser.add_argument("--baseline", choices=sorted(BASELINES), default="no-fusion")
     parser.add_argument("--baseline-config", default="configs/GLIP-T_A.yaml", help="model for --baseline no-fusion")
     parser.add_argument("--device", default="cpu")
@@ -136,7 +178,8 @@ def main():
     for role, config, bf16 in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant-config", config, "--device", args.device,
                "--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width),
-               "--runs", str(args.runs), "--warmup", str(args.warmup)] + (["--bf16"] if bf16 else [])
+               "--runs", str(args.runs), "--warmup", str(args.warmup), "--mode", args.mode,
+               "--batch", str(args.batch), "--objects", str(args.objects)] + (["--bf16"] if bf16 else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         line = [l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK_RESULT ")]
         if proc.returncode != 0 or not line:
@@ -145,7 +188,9 @@ def main():
         results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16)
 
     b = results["baseline"]
-    print(f"device {args.device}, {args.threads} threads, input {args.height}x{args.width}, random weights, "
+    what = (f"training step, batch {args.batch}, {args.objects} boxes/image" if args.mode == "train"
+            else "inference, one image")
+    print(f"{what}; device {args.device}, {args.threads} threads, input {args.height}x{args.width}, random weights, "
           f"80-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
     print(f"baseline: {BASELINES[args.baseline]}")
     header = f"{'variant':<34}{'params M':>10}{'median s':>10}{'min s':>9}{'peak MB':>10}{'time x':>8}{'mem x':>7}"
@@ -156,7 +201,8 @@ def main():
         name = os.path.basename(r["config"]) + (" bf16" if r["bf16"] else "")
         print(f"{name:<34}{r['params_m']:>10.1f}{r['median_s']:>10.2f}{r['min_s']:>9.2f}{r['peak_extra_mb']:>10.0f}"
               f"{r['median_s'] / b['median_s']:>8.2f}{r['peak_extra_mb'] / b['peak_extra_mb']:>7.2f}")
-    print("peak MB: extra memory of the forward over the built model (CPU: peak RSS; CUDA: max allocated)")
+    print("peak MB: extra memory of the timed call over the built model (and optimizer state when training); "
+          "CPU: peak RSS, CUDA: max allocated")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

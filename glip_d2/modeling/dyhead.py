@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
+from .deform_conv import deform_conv2d_gather, resolve_deform_impl
 from .fusion import ClampedBertLayer, build_fusion
 
 __all__ = [
@@ -54,9 +55,17 @@ def kernel_view(t: Tensor, channels: int, height: int, width: int) -> Tensor:
 
 
 def modulated_deform_conv(
-    x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor | None, stride: int = 1, padding: int = 1
+    x: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: int = 1,
+    padding: int = 1,
+    impl: str = "auto",
 ) -> Tensor:
-    """DCNv2 (one deformable group) with the official op's semantics, via ``torchvision.ops.deform_conv2d``.
+    """DCNv2 (one deformable group) with the official op's semantics: ``torchvision.ops.deform_conv2d`` or the
+    equivalent gathers of ``deform_conv.py`` (``impl``, see ``MODEL.DYHEAD.DEFORM_IMPL``).
 
     ``offset`` holds (dy, dx) per kernel tap, tap-major; ``mask`` is already sigmoid-ed. Offsets/masks whose
     spatial size differs from the output are re-read as the official kernel does (``kernel_view``). Under
@@ -67,24 +76,42 @@ def modulated_deform_conv(
     w_out = (x.shape[3] + 2 * padding - kw) // stride + 1
     offset = kernel_view(offset, 2 * kh * kw, h_out, w_out)
     mask = kernel_view(mask, kh * kw, h_out, w_out)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)
+    )
+    use_gather = resolve_deform_impl(impl, x.device, needs_grad) == "gather"
+
+    def run(x, offset, mask, weight, bias):
+        if use_gather:
+            return deform_conv2d_gather(x, offset, weight, bias, mask, stride, padding)
+        return deform_conv2d(x, offset, weight, bias, stride=(stride, stride), padding=(padding, padding), mask=mask)
+
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         def fp32(t):
             return t.float() if t is not None and t.is_floating_point() else t
 
         with torch.autocast(device_type=device_type, enabled=False):
-            return deform_conv2d(fp32(x), fp32(offset), fp32(weight), fp32(bias), stride=(stride, stride),
-                                 padding=(padding, padding), mask=fp32(mask))
-    return deform_conv2d(x, offset, weight, bias, stride=(stride, stride), padding=(padding, padding), mask=mask)
+            return run(fp32(x), fp32(offset), fp32(mask), fp32(weight), fp32(bias))
+    return run(x, offset, mask, weight, bias)
 
 
 class ModulatedDeformConv2d(nn.Module):
     """A k x k modulated deformable conv with bias whose offsets and masks are given in ``forward``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        impl: str = "auto",
+    ):
         super().__init__()
         self.stride = stride
         self.padding = padding
+        self.impl = impl
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         # Official ModulatedDeformConv init (DyConv's N(0, 0.01) init only touches nn.Conv2d, not this).
@@ -93,20 +120,20 @@ class ModulatedDeformConv2d(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
-        return modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding)
+        return modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.impl)
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape
-        return f"{i}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}"
+        return f"{i}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}, impl={self.impl}"
 
 
 class _ConvNorm(nn.Module):
     """3x3 conv (deformable or plain) followed by an optional GroupNorm (official ``Conv3x3Norm``)."""
 
-    def __init__(self, channels: int, stride: int, deformable: bool, gn_groups: int | None):
+    def __init__(self, channels: int, stride: int, deformable: bool, gn_groups: int | None, impl: str = "auto"):
         super().__init__()
         if deformable:
-            self.conv = ModulatedDeformConv2d(channels, channels, 3, stride=stride, padding=1)
+            self.conv = ModulatedDeformConv2d(channels, channels, 3, stride=stride, padding=1, impl=impl)
         else:
             self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
             nn.init.normal_(self.conv.weight, 0.0, 0.01)
@@ -153,15 +180,17 @@ class DyConv(nn.Module):
         gn_groups: int = 16,
         use_dyrelu: bool = True,
         use_dyfuse: bool = True,
+        deform_impl: str = "auto",
     ):
         super().__init__()
         if use_gn and channels % gn_groups != 0:
             raise ValueError(f"DyHead channels ({channels}) must be divisible by MODEL.DYHEAD.GN_GROUPS ({gn_groups}).")
+        resolve_deform_impl(deform_impl, torch.device("cpu"), False)  # validates the name
         self.channels = channels
         groups = gn_groups if use_gn else None
-        self.coarser_conv = _ConvNorm(channels, 1, use_deform, groups)  # on level l+1, then upsampled
-        self.same_conv = _ConvNorm(channels, 1, use_deform, groups)
-        self.finer_conv = _ConvNorm(channels, 2, use_deform, groups)  # stride 2 on level l-1
+        self.coarser_conv = _ConvNorm(channels, 1, use_deform, groups, deform_impl)  # on level l+1, then upsampled
+        self.same_conv = _ConvNorm(channels, 1, use_deform, groups, deform_impl)
+        self.finer_conv = _ConvNorm(channels, 2, use_deform, groups, deform_impl)  # stride 2 on level l-1
         self.offset = nn.Conv2d(channels, 27, 3, padding=1) if use_deform else None  # PyTorch default init
         if use_dyfuse:
             self.scale_attn = nn.Conv2d(channels, 1, 1)
@@ -181,6 +210,7 @@ class DyConv(nn.Module):
             "gn_groups": d.GN_GROUPS,
             "use_dyrelu": d.USE_DYRELU,
             "use_dyfuse": d.USE_DYFUSE,
+            "deform_impl": d.DEFORM_IMPL,
         }
 
     def _check_inputs(self, features: list[Tensor]) -> None:

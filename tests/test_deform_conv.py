@@ -1,0 +1,133 @@
+"""The gather implementation of modulated deformable conv against torchvision's kernel: values and gradients.
+
+``deform_conv.py`` replaces torchvision's op for CPU training ("auto"), so it must agree with it everywhere the
+DyHead can sample: offsets far outside the image, samples on the last row/column, stride 2, dilation, 1-pixel maps.
+"""
+import pytest
+import torch
+from detectron2.config import get_cfg
+from torchvision.ops import deform_conv2d
+
+from glip_d2 import add_glip_config
+from glip_d2.modeling.deform_conv import deform_conv2d_gather, resolve_deform_impl
+from glip_d2.modeling.dyhead import DyConv
+
+CASES = {  # (B, C_in, C_out, H, W, stride, padding, dilation, offset scale)
+    "small offsets": (2, 3, 4, 6, 7, 1, 1, 1, 0.7),
+    "far outside": (2, 3, 4, 5, 6, 1, 1, 1, 6.0),
+    "stride 2": (1, 4, 2, 9, 11, 2, 1, 1, 2.0),
+    "dilation 2": (1, 2, 3, 8, 8, 1, 2, 2, 1.5),
+    "one pixel": (2, 2, 2, 1, 1, 1, 1, 1, 0.8),
+    "one row": (1, 2, 2, 1, 9, 1, 1, 1, 1.2),
+}
+
+
+def _inputs(case, seed=0, integer_taps=True):
+    b, cin, cout, h, w, stride, pad, dil, scale = CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    ho = (h + 2 * pad - dil * 2 - 1) // stride + 1
+    wo = (w + 2 * pad - dil * 2 - 1) // stride + 1
+    x = torch.randn(b, cin, h, w, generator=g, dtype=torch.float64)
+    offset = scale * torch.randn(b, 18, ho, wo, generator=g, dtype=torch.float64)
+    if integer_taps:  # samples exactly on pixels, edges included
+        offset[:, :4] = offset[:, :4].round()
+    mask = torch.rand(b, 9, ho, wo, generator=g, dtype=torch.float64)
+    weight = torch.randn(cout, cin, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(cout, generator=g, dtype=torch.float64)
+    return [t.requires_grad_() for t in (x, offset, mask, weight, bias)], dict(stride=stride, padding=pad,
+                                                                              dilation=dil)
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gather_matches_torchvision_values_and_gradients(case, with_mask):
+    (x, offset, mask, weight, bias), geom = _inputs(case)
+    m = mask if with_mask else None
+    s, p, d = geom["stride"], geom["padding"], geom["dilation"]
+    ref = deform_conv2d(x, offset, weight, bias, stride=(s, s), padding=(p, p), dilation=(d, d), mask=m)
+    ours = deform_conv2d_gather(x, offset, weight, bias, m, **geom)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+
+    # gradients away from the band edge y or x == -1 exactly (see test_gradient_at_the_band_edge_is_officials)
+    (x, offset, mask, weight, bias), geom = _inputs(case, integer_taps=False)
+    m = mask if with_mask else None
+    ref = deform_conv2d(x, offset, weight, bias, stride=(s, s), padding=(p, p), dilation=(d, d), mask=m)
+    ours = deform_conv2d_gather(x, offset, weight, bias, m, **geom)
+    upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    wrt = [x, offset, weight, bias] + ([mask] if with_mask else [])
+    ref_grads = torch.autograd.grad(ref, wrt, upstream)
+    our_grads = torch.autograd.grad(ours, wrt, upstream)
+    for name, a, b in zip(["input", "offset", "weight", "bias", "mask"], our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
+
+
+def test_gradient_at_the_band_edge_is_officials():
+    """A sample exactly at row -1 reads 0 (outside the band y > -1). The official DCN kernels' coordinate gradient
+    is 0 there too (``argmax_h <= -1`` returns 0); torchvision's CPU kernel returns the one-sided derivative.
+    The gathers follow the official kernels."""
+    x = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
+    weight = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    weight[0, 0, 1, 1] = 1.0  # the centre tap alone: output = the sample at (i + dy, j + dx)
+    offset = torch.zeros(1, 18, 3, 3, dtype=torch.float64)
+    offset[0, 8, 0, 1] = -1.0  # centre tap (k = 4) dy: output (0, 1) samples row -1
+    offset.requires_grad_()
+    ours = deform_conv2d_gather(x, offset, weight, None, None)
+    ref = deform_conv2d(x, offset, weight, None, padding=(1, 1))
+    assert ours[0, 0, 0, 1].item() == ref[0, 0, 0, 1].item() == 0.0
+    (g_ours,) = torch.autograd.grad(ours[0, 0, 0, 1], offset)
+    (g_ref,) = torch.autograd.grad(ref[0, 0, 0, 1], offset)
+    assert g_ours[0, 8, 0, 1].item() == 0.0
+    assert g_ref[0, 8, 0, 1].item() == x[0, 0, 0, 1].item()  # torchvision: d/dy of y+1 times x[0, 1]
+    offset2 = offset.detach().clone()
+    offset2[0, 8, 0, 1] = -0.5  # inside the band both agree: d/dy (0.5 * x[0, 1]) = x[0, 1]
+    offset2.requires_grad_()
+    (a,) = torch.autograd.grad(deform_conv2d_gather(x, offset2, weight, None, None)[0, 0, 0, 1], offset2)
+    (b,) = torch.autograd.grad(deform_conv2d(x, offset2, weight, None, padding=(1, 1))[0, 0, 0, 1], offset2)
+    assert a[0, 8, 0, 1].item() == b[0, 8, 0, 1].item() == 2.0
+
+
+def test_gather_rejects_shapes_it_does_not_handle():
+    (x, offset, mask, weight, bias), _ = _inputs("small offsets")
+    with pytest.raises(ValueError, match="offset must have shape"):
+        deform_conv2d_gather(x, offset[:, :, :-1], weight, bias, mask)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        deform_conv2d_gather(x, offset, weight, bias, mask[:, :4])
+    with pytest.raises(ValueError, match="input channels"):
+        deform_conv2d_gather(x, offset, weight[:, :1], bias, mask)
+
+
+def test_auto_uses_gathers_only_for_cpu_backward():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_deform_impl("auto", cpu, needs_grad=True) == "gather"
+    assert resolve_deform_impl("auto", cpu, needs_grad=False) == "torchvision"
+    assert resolve_deform_impl("auto", cuda, needs_grad=True) == "torchvision"
+    assert resolve_deform_impl("torchvision", cpu, needs_grad=True) == "torchvision"
+    with pytest.raises(ValueError, match="DEFORM_IMPL"):
+        resolve_deform_impl("cuda-dcn", cpu, needs_grad=False)
+
+
+def test_dyconv_training_step_is_the_same_with_either_kernel():
+    cfg = add_glip_config(get_cfg())
+    cfg.MODEL.DYHEAD.CHANNELS = 16
+    cfg.MODEL.DYHEAD.GN_GROUPS = 4
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(2, 16, h, w, generator=g) for h, w in ((16, 20), (8, 10), (4, 5), (2, 3))]
+    results = {}
+    for impl in ("torchvision", "gather"):
+        cfg.MODEL.DYHEAD.DEFORM_IMPL = impl
+        torch.manual_seed(0)
+        dyconv = DyConv(cfg).train()
+        inputs = [f.clone().requires_grad_() for f in feats]
+        out = dyconv(inputs)
+        loss = sum((o * o).mean() for o in out)
+        grads = torch.autograd.grad(loss, inputs + list(dyconv.parameters()))
+        results[impl] = (out, grads)
+    (out_t, g_t), (out_g, g_g) = results["torchvision"], results["gather"]
+    for a, b in zip(out_g, out_t):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_g, g_t):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    cfg.MODEL.DYHEAD.DEFORM_IMPL = "fast"
+    with pytest.raises(ValueError, match="DEFORM_IMPL"):
+        DyConv(cfg)
