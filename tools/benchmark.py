@@ -4,6 +4,8 @@
     python tools/benchmark.py                                   # GLIP-T(C) vs GLIP-T(A), CPU, 2 threads, 800x1333
     python tools/benchmark.py --baseline bf16 --device cuda     # fp32 vs bf16 autocast on a GPU
     python tools/benchmark.py --mode train --device cuda        # one training iteration (batch --batch)
+    python tools/benchmark.py --mode train --baseline torchvision-dcn \
+        --config configs/quick_schedules/Base-GLIP-tiny.yaml --height 224 --width 320   # CPU deformable-conv kernels
 
 Each variant runs in its own subprocess so that CPU peak memory (the process's peak RSS, reset after the model is
 built) belongs to that variant alone. Timed: ``model.inference`` on one image with the 80 COCO names as the prompt
@@ -24,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = {
     "no-fusion": "same input through GLIP-T(A) (no deep fusion, no extra BERT layers)",
     "bf16": "the same model under bfloat16 autocast",
+    "torchvision-dcn": "the same model with torchvision's deformable-conv kernels (MODEL.DYHEAD.DEFORM_IMPL)",
 }
 
 
@@ -63,6 +66,7 @@ def run_variant(args) -> dict:
     if cfg.MODEL.LANGUAGE.MODEL_NAME == "bert-base-uncased":
         cfg.MODEL.LANGUAGE.TOKENIZER = "embedded-minilm"  # identical vocabulary, bundled
     cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.DYHEAD.DEFORM_IMPL = args.deform_impl
     torch.manual_seed(0)
     model = build_model(cfg).eval()
 
@@ -72,8 +76,13 @@ def run_variant(args) -> dict:
     from glip_d2.data.tokens import encode_prompt
 
     coco_names = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
-    prompt = encode_prompt(vocabulary_prompt(coco_names), model.language_encoder.tokenizer,
-                           model.language_encoder.max_query_len)
+    while True:  # the 80 names, or as many as fit a model with a shorter MAX_QUERY_LEN
+        try:
+            prompt = encode_prompt(vocabulary_prompt(coco_names), model.language_encoder.tokenizer,
+                                   model.language_encoder.max_query_len)
+            break
+        except ValueError:
+            coco_names = coco_names[:-1]
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
     cuda = args.device.startswith("cuda")
@@ -124,7 +133,7 @@ def run_variant(args) -> dict:
     else:
         total = _rss_mb("VmHWM")
         peak = total - rss_model if peak_reset else float("nan")
-    return {"median_s": statistics.median(times), "min_s": min(times), "times": times, "params_m": params / 1e6,
+    return {"names": len(coco_names), "median_s": statistics.median(times), "min_s": min(times), "times": times, "params_m": params / 1e6,
             "peak_extra_mb": peak, "peak_total_mb": total}
 
 
@@ -163,35 +172,39 @@ def main():
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--variant-config", help=argparse.SUPPRESS)  # child process only
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--deform-impl", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.variant_config:
         print("BENCHMARK_RESULT " + json.dumps(run_variant(args)), flush=True)
         return
 
-    variants = [("model", args.config, False)]
+    variants = [("model", args.config, False, "auto")]
     if args.baseline == "no-fusion":
-        variants.append(("baseline", args.baseline_config, False))
+        variants.append(("baseline", args.baseline_config, False, "auto"))
+    elif args.baseline == "bf16":
+        variants.append(("baseline", args.config, True, "auto"))
     else:
-        variants.append(("baseline", args.config, True))
+        variants.append(("baseline", args.config, False, "torchvision"))
     results = {}
-    for role, config, bf16 in variants:
+    for role, config, bf16, deform_impl in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant-config", config, "--device", args.device,
                "--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width),
                "--runs", str(args.runs), "--warmup", str(args.warmup), "--mode", args.mode,
-               "--batch", str(args.batch), "--objects", str(args.objects)] + (["--bf16"] if bf16 else [])
+               "--batch", str(args.batch), "--objects", str(args.objects), "--deform-impl", deform_impl]
+        cmd += ["--bf16"] if bf16 else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         line = [l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK_RESULT ")]
         if proc.returncode != 0 or not line:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"benchmark of {config} failed (exit {proc.returncode})")
-        results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16)
+        results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16, deform_impl=deform_impl)
 
     b = results["baseline"]
     what = (f"training step, batch {args.batch}, {args.objects} boxes/image" if args.mode == "train"
             else "inference, one image")
     print(f"{what}; device {args.device}, {args.threads} threads, input {args.height}x{args.width}, random weights, "
-          f"80-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
+          f"{b['names']}-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
     print(f"baseline: {BASELINES[args.baseline]}")
     header = f"{'variant':<34}{'params M':>10}{'median s':>10}{'min s':>9}{'peak MB':>10}{'time x':>8}{'mem x':>7}"
     print(header)
@@ -199,6 +212,7 @@ def main():
     for role in ("model", "baseline"):
         r = results[role]
         name = os.path.basename(r["config"]) + (" bf16" if r["bf16"] else "")
+        name += " tv-dcn" if r["deform_impl"] == "torchvision" else ""
         print(f"{name:<34}{r['params_m']:>10.1f}{r['median_s']:>10.2f}{r['min_s']:>9.2f}{r['peak_extra_mb']:>10.0f}"
               f"{r['median_s'] / b['median_s']:>8.2f}{r['peak_extra_mb'] / b['peak_extra_mb']:>7.2f}")
     print("peak MB: extra memory of the timed call over the built model (and optimizer state when training); "
