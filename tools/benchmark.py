@@ -76,12 +76,14 @@ def run_variant(args) -> dict:
     from glip_d2.data.tokens import encode_prompt
 
     coco_names = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    tokenizer, max_len = model.language_encoder.tokenizer, model.language_encoder.max_query_len
     while True:  # the 80 names, or as many as fit a model with a shorter MAX_QUERY_LEN
         try:
-            prompt = encode_prompt(vocabulary_prompt(coco_names), model.language_encoder.tokenizer,
-                                   model.language_encoder.max_query_len)
+            prompt = encode_prompt(vocabulary_prompt(coco_names), tokenizer, max_len)
             break
         except ValueError:
+            if len(coco_names) == 1:
+                raise
             coco_names = coco_names[:-1]
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
@@ -133,8 +135,8 @@ def run_variant(args) -> dict:
     else:
         total = _rss_mb("VmHWM")
         peak = total - rss_model if peak_reset else float("nan")
-    return {"names": len(coco_names), "median_s": statistics.median(times), "min_s": min(times), "times": times, "params_m": params / 1e6,
-            "peak_extra_mb": peak, "peak_total_mb": total}
+    return {"names": len(coco_names), "median_s": statistics.median(times), "min_s": min(times), "times": times,
+            "params_m": params / 1e6, "peak_extra_mb": peak, "peak_total_mb": total}
 
 
 def training_record(prompt: dict, image, n_objects: int, generator) -> dict:

@@ -15,17 +15,22 @@ tap-major; one offset group, one weight group.
 import torch
 from torch import Tensor
 
-__all__ = ["DEFORM_IMPLS", "deform_conv2d_gather", "resolve_deform_impl"]
+__all__ = ["DEFORM_IMPLS", "check_deform_impl", "deform_conv2d_gather", "resolve_deform_impl"]
 
 #: ``MODEL.DYHEAD.DEFORM_IMPL`` values.
 DEFORM_IMPLS = ("auto", "torchvision", "gather")
 
 
-def resolve_deform_impl(impl: str, device: torch.device, needs_grad: bool) -> str:
-    """"auto" -> the gather implementation for a backward pass off CUDA, torchvision's kernel otherwise."""
+def check_deform_impl(impl: str) -> str:
+    """``impl`` if it is a ``MODEL.DYHEAD.DEFORM_IMPL`` value, else a ValueError naming the choices."""
     if impl not in DEFORM_IMPLS:
         raise ValueError(f"MODEL.DYHEAD.DEFORM_IMPL must be one of {DEFORM_IMPLS}, got {impl!r}.")
-    if impl == "auto":
+    return impl
+
+
+def resolve_deform_impl(impl: str, device: torch.device, needs_grad: bool) -> str:
+    """"auto" -> the gather implementation for a backward pass off CUDA, torchvision's kernel otherwise."""
+    if check_deform_impl(impl) == "auto":
         return "gather" if needs_grad and device.type != "cuda" else "torchvision"
     return impl
 

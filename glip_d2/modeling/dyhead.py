@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import deform_conv2d
 
-from .deform_conv import deform_conv2d_gather, resolve_deform_impl
+from .deform_conv import check_deform_impl, deform_conv2d_gather, resolve_deform_impl
 from .fusion import ClampedBertLayer, build_fusion
 
 __all__ = [
@@ -185,7 +185,7 @@ class DyConv(nn.Module):
         super().__init__()
         if use_gn and channels % gn_groups != 0:
             raise ValueError(f"DyHead channels ({channels}) must be divisible by MODEL.DYHEAD.GN_GROUPS ({gn_groups}).")
-        resolve_deform_impl(deform_impl, torch.device("cpu"), False)  # validates the name
+        check_deform_impl(deform_impl)
         self.channels = channels
         groups = gn_groups if use_gn else None
         self.coarser_conv = _ConvNorm(channels, 1, use_deform, groups, deform_impl)  # on level l+1, then upsampled
