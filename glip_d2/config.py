@@ -203,6 +203,8 @@ def _add_solver_and_test_keys(cfg: CN) -> None:
     _C.SOLVER.OPTIMIZER = "ADAMW"
     # Learning rate of the language backbone (LANG_LR).
     _C.SOLVER.LANG_LR = 1e-5
+    # BASE_LR multiplier for the vision backbone's body (official BACKBONE_BODY_LR_FACTOR; not the FPN).
+    _C.SOLVER.BACKBONE_BODY_LR_FACTOR = 1.0
     # AMP dtype on GPU: "float16" or "bfloat16".
     _C.SOLVER.AMP.DTYPE = "float16"
     # Exponential moving average of weights (MODEL_EMA); 0 disables.

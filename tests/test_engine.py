@@ -113,6 +113,18 @@ def test_param_groups_under_ddp_prefix_and_d2_none_bias_decay():
     assert by_name["module.head.bias0"] == (3.0, 0.1)
 
 
+def test_backbone_body_lr_factor_scales_only_the_vision_body():
+    model = _GLIPNamed()
+    model.backbone.bottom_up = nn.Linear(3, 3)  # vision body (official backbone.body)
+    model.backbone.fpn_lateral3 = nn.Linear(3, 3)  # FPN: BASE_LR
+    got = _lr_wd_by_name(build_glip_optimizer(_cfg(BACKBONE_BODY_LR_FACTOR=5.0), model))
+    assert got["backbone.bottom_up.weight"] == pytest.approx((5e-4, 1e-4))
+    assert got["backbone.bottom_up.bias"] == pytest.approx((1e-3, 0.0))  # then x BIAS_LR_FACTOR, as officially
+    assert got["backbone.fpn_lateral3.weight"] == pytest.approx((1e-4, 1e-4))
+    assert got["language_encoder.model.weight"] == pytest.approx((1e-5, 1e-4))
+    assert got["vl_tower.lang_layer.weight"] == pytest.approx((1e-4, 1e-4))
+
+
 def test_sgd_and_bad_optimizer_name():
     opt = build_glip_optimizer(_cfg(OPTIMIZER="SGD", MOMENTUM=0.9), _GLIPNamed())
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9

@@ -157,6 +157,42 @@ def test_name_list_prompt_finds_the_objects(predictor, val_samples):
     assert np.mean(recalls) >= 0.5, recalls
 
 
+def _top_labels(instances, gt, threshold=0.3):
+    """For each ground-truth object: the phrase of the highest-scoring detection on it (IoU >= 0.5), or None."""
+    keep = instances.scores >= threshold
+    scored = sorted(
+        zip(instances.scores[keep].tolist(), instances.pred_boxes.tensor[keep].tolist(),
+            [p for p, k in zip(instances.pred_phrases, keep.tolist()) if k]),
+        reverse=True,
+    )
+    return [next((p for _, b, p in scored if _iou(b, box) >= 0.5), None) for _, box in gt]
+
+
+@pytest.mark.slow
+def test_top_label_on_each_object_names_it(predictor, val_samples):
+    """The names are bound, not just the boxes: the best-scoring box on an object carries its colour word (all 36
+    names in the prompt) and its full name (the names in the picture in the prompt, as `make demo` asks)."""
+    from glip_d2.data.datasets import SYNTHETIC_CATEGORY_NAMES
+
+    found = colour_right = 0
+    found_own = name_right = 0
+    total = 0
+    for image, gt in val_samples:
+        total += len(gt)
+        for (name, _), top in zip(gt, _top_labels(predictor(image, list(SYNTHETIC_CATEGORY_NAMES)), gt)):
+            found += top is not None
+            colour_right += top is not None and top.split()[0] == name.split()[0]
+        own = sorted({n for n, _ in gt})
+        for (name, _), top in zip(gt, _top_labels(predictor(image, own), gt)):
+            found_own += top is not None
+            name_right += top == name
+    # measured on these 12 pictures (32 objects): all names: 21 found, colour right on 20; own names: 22 found, name
+    # right on 21. Chance would be 1/6 of the colours. (Shape words alone are not bound yet: README, quick schedule.)
+    assert found >= 0.5 * total, (found, total)
+    assert colour_right >= 0.8 * found, (colour_right, found)
+    assert found_own >= 0.5 * total and name_right >= 0.7 * found_own, (name_right, found_own, total)
+
+
 @pytest.mark.slow
 def test_every_prompt_form_grounds_the_right_phrase(predictor, val_samples):
     image, gt = max(val_samples, key=lambda s: len(s[1]))
@@ -184,9 +220,9 @@ def test_every_prompt_form_grounds_the_right_phrase(predictor, val_samples):
 def test_batch_matches_single_calls_and_prompt_cache(predictor, val_samples):
     image, gt = val_samples[0]
     names = sorted({n for n, _ in gt})
-    hits = predictor.cache_hits
     single_a = predictor(image, names)
     single_b = predictor(image, ". ".join(names[::-1]))
+    hits = predictor.cache_hits
     batch = predictor.predict_batch([image, image], [names, ". ".join(names[::-1])])
     assert predictor.cache_hits == hits + 2  # both prompts re-used from the single calls
     for single, batched in zip((single_a, single_b), batch):

@@ -22,11 +22,11 @@ from tiny_trained import (
 from glip_d2.checkpoint.safe_load import load_checkpoint_file
 from glip_d2.engine.defaults import load_glip_cfg
 
-#: bbox AP50 the quick schedule must reach on synthetic_val. Measured (300 iterations, 2 CPU cores, 3-5 min): 3.3
-#: (gather deformable conv) and 4.0 (torchvision's kernel) in CI-like runs, 4.3-7.0 across seeds/settings while
-#: tuning; the untrained model scores 0.0. The tiny model localises the shapes but does not tell the names apart
-#: (README, quick schedule), so 2.0 guards against a regression to "learns nothing" without flaking on seed noise.
-MIN_AP50 = 2.0
+#: bbox AP50 the quick schedule must reach on synthetic_val. Measured (800 iterations, 2 CPU cores, ~8.5 min): 25.1;
+#: nearby settings while tuning (log_scale init -3.0, backbone body LR x5, batch 4 at 2e-4): 18.7-22.9. The previous
+#: schedule (official log_scale init, LR 5e-4, 300 iterations), which bound no names, scored 3.3 and the untrained
+#: model 0.0, so 12 fails a model that only finds boxes without flaking on run-to-run noise.
+MIN_AP50 = 12.0
 
 
 def _small_run_opts(out, root):
@@ -79,7 +79,7 @@ def test_quick_schedule_learns(tiny_run):
     ap50 = tiny_run["results"]["AP50"]
     assert ap50 >= MIN_AP50, f"quick schedule reached bbox AP50 {ap50:.1f} < {MIN_AP50} on synthetic_val"
     losses = [m["total_loss"] for m in tiny_run["metrics"] if "total_loss" in m]
-    # measured 3.47 -> 2.41 (x0.69); the centerness term alone has a floor of ~0.64 (entropy of its soft targets)
+    # measured 3.44 -> 2.35 (x0.68); the centerness term alone has a floor of ~0.64 (entropy of its soft targets)
     assert losses[-1] < 0.8 * losses[0], f"training loss did not fall: {losses}"
     final = [m for m in tiny_run["metrics"] if "bbox/AP50" in m]
     assert final and final[-1]["bbox/AP50"] == pytest.approx(ap50, abs=1e-3)  # JSON metrics hold the eval too

@@ -16,7 +16,7 @@ CONFIG = os.path.join(REPO, "configs", "quick_schedules", "glip_tiny_synthetic.y
 _CACHE = {}
 
 
-def run_train_net(args, *, log_path, timeout=900, env=None):
+def run_train_net(args, *, log_path, timeout=1800, env=None):
     """Run ``train_net.py ARGS`` from the repository root; return its combined output (raises on failure)."""
     cmd = [sys.executable, os.path.join(REPO, "train_net.py")] + [str(a) for a in args]
     with open(log_path, "w") as log:

@@ -6,6 +6,8 @@ decides each parameter's learning rate and weight decay from its *name* alone:
 * every parameter: ``BASE_LR`` and ``WEIGHT_DECAY``;
 * name contains the language encoder's attribute name: ``LANG_LR`` instead of ``BASE_LR`` (the head's extra BERT
   layers live under ``vl_tower`` and keep ``BASE_LR``);
+* name starts with the vision backbone's body (``backbone.bottom_up.``, official ``backbone.body.``):
+  ``BASE_LR * BACKBONE_BODY_LR_FACTOR`` (the FPN keeps ``BASE_LR``);
 * name contains ``"bias"`` (plain biases, ``bias_lang``, ``bias0``, Swin's ``relative_position_bias_table``):
   learning rate × ``BIAS_LR_FACTOR`` and weight decay ``WEIGHT_DECAY_BIAS``;
 * frozen parameters (``requires_grad=False``) are left out.
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: Substring that marks a parameter of the text encoder (attribute ``GLIP.language_encoder``; official
 #: ``language_backbone``).
 LANGUAGE_PARAM_KEY = "language_encoder"
+#: Name prefix of the vision backbone's body (official ``backbone.body.``), scaled by BACKBONE_BODY_LR_FACTOR.
+BACKBONE_BODY_PREFIX = "backbone.bottom_up."
 
 
 def get_glip_param_groups(
@@ -46,6 +50,7 @@ def get_glip_param_groups(
     weight_decay: float,
     bias_lr_factor: float = 2.0,
     weight_decay_bias: Optional[float] = 0.0,
+    backbone_body_lr_factor: float = 1.0,
     language_key: str = LANGUAGE_PARAM_KEY,
 ) -> List[Dict]:
     """Parameter groups following the official name rules (see module docstring).
@@ -62,6 +67,8 @@ def get_glip_param_groups(
             continue
         seen.add(id(param))
         lr = lang_lr if language_key in name else base_lr
+        if name.startswith(BACKBONE_BODY_PREFIX):
+            lr = base_lr * backbone_body_lr_factor
         wd = weight_decay
         if "bias" in name:
             lr = lr * bias_lr_factor
@@ -89,6 +96,7 @@ def build_glip_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         weight_decay=s.WEIGHT_DECAY,
         bias_lr_factor=s.BIAS_LR_FACTOR,
         weight_decay_bias=s.WEIGHT_DECAY_BIAS,
+        backbone_body_lr_factor=s.BACKBONE_BODY_LR_FACTOR,
     )
     name = s.OPTIMIZER.upper()
     if name == "ADAMW":
