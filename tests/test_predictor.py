@@ -134,12 +134,17 @@ def val_samples(predictor):
     return samples
 
 
+def _detections(instances, threshold=0.3):
+    """(box, phrase) of the detections scoring >= threshold, best score first."""
+    order = instances.scores.argsort(descending=True).tolist()
+    boxes = instances.pred_boxes.tensor.tolist()
+    return [(boxes[i], instances.pred_phrases[i]) for i in order if instances.scores[i] >= threshold]
+
+
 def _recall(instances, gt, threshold=0.3):
     """Fraction of ground-truth objects found by a detection with the right phrase, IoU >= 0.5."""
-    keep = instances.scores >= threshold
-    boxes = instances.pred_boxes.tensor[keep].tolist()
-    phrases = [p for p, k in zip(instances.pred_phrases, keep.tolist()) if k]
-    hits = sum(any(p == name and _iou(b, box) >= 0.5 for p, b in zip(phrases, boxes)) for name, box in gt)
+    dets = _detections(instances, threshold)
+    hits = sum(any(p == name and _iou(b, box) >= 0.5 for b, p in dets) for name, box in gt)
     return hits / len(gt)
 
 
@@ -159,13 +164,8 @@ def test_name_list_prompt_finds_the_objects(predictor, val_samples):
 
 def _top_labels(instances, gt, threshold=0.3):
     """For each ground-truth object: the phrase of the highest-scoring detection on it (IoU >= 0.5), or None."""
-    keep = instances.scores >= threshold
-    scored = sorted(
-        zip(instances.scores[keep].tolist(), instances.pred_boxes.tensor[keep].tolist(),
-            [p for p, k in zip(instances.pred_phrases, keep.tolist()) if k]),
-        reverse=True,
-    )
-    return [next((p for _, b, p in scored if _iou(b, box) >= 0.5), None) for _, box in gt]
+    dets = _detections(instances, threshold)
+    return [next((p for b, p in dets if _iou(b, box) >= 0.5), None) for _, box in gt]
 
 
 @pytest.mark.slow
