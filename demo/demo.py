@@ -28,6 +28,7 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from glip_d2.engine.best_phrase import keep_best_phrase_per_region
 from glip_d2.engine.defaults import load_glip_cfg
 from glip_d2.engine.predictor import GLIPPredictor, to_uint8_image
 
@@ -47,6 +48,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="'name. name. name', or a sentence to ground")
     p.add_argument("--phrases", nargs="+", help="for a sentence prompt: the phrases to ground in it")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn (official 0.5)")
+    p.add_argument(
+        "--agnostic-nms", type=float, default=None, metavar="IOU",
+        help="draw one phrase per region: drop boxes overlapping a higher-scoring box of any phrase by IoU > IOU",
+    )
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
 
@@ -147,13 +152,21 @@ def _write_image(path: str, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path!r}")
 
 
+def predict(predictor: GLIPPredictor, image: np.ndarray, args) -> Instances:
+    """The predictor's detections, reduced to one phrase per region when --agnostic-nms is given."""
+    instances = predictor(image, args.prompt, args.phrases)
+    if args.agnostic_nms is not None:
+        instances = keep_best_phrase_per_region(instances, args.agnostic_nms)
+    return instances
+
+
 def run_images(predictor: GLIPPredictor, files: List[str], args) -> List[str]:
     from tqdm import tqdm
 
     written = []
     for path in tqdm(files, desc="demo", unit="img", disable=len(files) < 2):
         image = read_image(path)
-        instances = predictor(image, args.prompt, args.phrases)
+        instances = predict(predictor, image, args)
         n = int((instances.scores >= args.confidence_threshold).sum())
         out = output_path(args.output, path, len(files))
         _write_image(out, draw(image, instances, args.confidence_threshold))
@@ -179,7 +192,7 @@ def run_video(predictor: GLIPPredictor, path: str, args) -> str:
             ok, frame = cap.read()
             if not ok:
                 break
-            rgb = draw(frame, predictor(frame, args.prompt, args.phrases), args.confidence_threshold)
+            rgb = draw(frame, predict(predictor, frame, args), args.confidence_threshold)
             if writer is None:
                 h, w = rgb.shape[:2]
                 writer = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -197,6 +210,8 @@ def main(argv=None) -> List[str]:
     setup_logger(name="fvcore")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give either --input (images) or --video-input (a video)")
+    if args.agnostic_nms is not None and not 0.0 < args.agnostic_nms <= 1.0:
+        raise SystemExit(f"--agnostic-nms {args.agnostic_nms}: give an IoU in (0, 1]")
     cfg = setup_cfg(args)
     predictor = GLIPPredictor(cfg)
     if args.video_input:

@@ -29,6 +29,11 @@ TINY_CONFIG = "configs/quick_schedules/glip_tiny_synthetic.yaml"
 TINY_DIR = "output/glip_tiny_synthetic"
 FINGERPRINT_FILE = "demo_fingerprint.txt"
 GLIP_T_PROMPT = ["person", "tie", "medal", "flag"]
+# The tiny model puts several loose boxes, with different names, on one object (GLIP's NMS is per phrase); the
+# picture keeps the best-scoring phrase per region. Measured on synthetic_val with each picture's own names, score
+# >= 0.3: boxes drawn on an object with its name 22 % -> 82 %, objects with such a box 93 % -> 82 % (where a looser
+# or wrongly named box outscores the right one, it now hides it).
+TINY_AGNOSTIC_NMS = 0.3
 
 
 def _config_chain(path: str):
@@ -121,6 +126,10 @@ def main(argv=None) -> str:
     parser.add_argument("--cache-dir", default=TINY_DIR, help="where the trained tiny model is cached")
     parser.add_argument("--dataset-root", default="", help="synthetic data folder (default: the config's)")
     parser.add_argument("--confidence-threshold", type=float, default=None, help="default 0.5 (GLIP-T) / 0.3 (tiny)")
+    parser.add_argument(
+        "--agnostic-nms", type=float, default=None, metavar="IOU",
+        help=f"one phrase per region (demo.py --agnostic-nms); default off (GLIP-T) / {TINY_AGNOSTIC_NMS} (tiny), 1 = off",
+    )
     args = parser.parse_args(argv)
     os.chdir(REPO)
 
@@ -138,6 +147,7 @@ def main(argv=None) -> str:
         image = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
         demo_args = ["--weights", "GLIP-T", "--prompt", ". ".join(GLIP_T_PROMPT)]
         threshold = 0.5
+        agnostic_nms = None
         truth = None
     else:
         root_opts = ["DATASETS.SYNTHETIC.ROOT", args.dataset_root] if args.dataset_root else []
@@ -151,8 +161,13 @@ def main(argv=None) -> str:
         prompt = ". ".join(sorted(set(truth)))
         demo_args = ["--config-file", TINY_CONFIG, "--weights", weights, "--prompt", prompt]
         threshold = 0.3
+        agnostic_nms = TINY_AGNOSTIC_NMS
     if args.confidence_threshold is not None:
         threshold = args.confidence_threshold
+    if args.agnostic_nms is not None:
+        agnostic_nms = args.agnostic_nms
+    if agnostic_nms is not None:
+        demo_args += ["--agnostic-nms", str(agnostic_nms)]
     written = demo_cli.main(
         demo_args + ["--input", image, "--output", args.output, "--confidence-threshold", str(threshold)]
     )[0]

@@ -74,6 +74,37 @@ def test_make_demo_reuses_a_cached_model_without_training(tmp_path, monkeypatch)
         make_demo.ensure_tiny_model(str(cache))
 
 
+def test_agnostic_nms_keeps_the_best_phrase_per_region():
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from glip_d2.engine.best_phrase import keep_best_phrase_per_region
+    from glip_d2.modeling.meta_arch import PhraseList
+
+    inst = Instances((100, 100))
+    inst.pred_boxes = Boxes(torch.tensor([
+        [0.0, 0.0, 10.0, 20.0],   # another phrase on the best box: IoU 0.5
+        [0.0, 0.0, 10.0, 10.0],   # best
+        [50.0, 50.0, 60.0, 60.0],  # elsewhere
+        [5.0, 0.0, 15.0, 10.0],   # IoU 50 / 150 = 0.33 with the best
+    ]))
+    inst.scores = torch.tensor([0.5, 0.9, 0.7, 0.6])
+    inst.pred_classes = torch.tensor([0, 1, 0, 2])  # the 0.5 and 0.7 boxes share a phrase
+    inst.pred_phrases = PhraseList(["red circle", "blue star", "red circle", "green cross"])
+    kept = keep_best_phrase_per_region(inst, 0.3)
+    # the 0.9 "blue star" suppresses the 0.5 box under it (other phrase) and the 0.33-overlap box; best first
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.7])
+    assert list(kept.pred_phrases) == ["blue star", "red circle"]
+    assert keep_best_phrase_per_region(inst, 0.4).scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert len(keep_best_phrase_per_region(inst, 1.0)) == 4
+    assert len(keep_best_phrase_per_region(inst[:0], 0.3)) == 0
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="IoU threshold"):
+            keep_best_phrase_per_region(inst, bad)
+    with pytest.raises(SystemExit, match="agnostic-nms"):
+        demo_cli.main(["--input", "x.png", "--prompt", "cat", "--agnostic-nms", "0"])
+
+
 # -------------------------------------------------------------------------------------------------- slow tests
 def _iou(a, b):
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -102,28 +133,34 @@ def test_make_demo_draws_boxes_on_the_ground_truth(tmp_path, tmp_path_factory, c
     assert scale >= 1 and picture.shape == (source.shape[0] * scale, source.shape[1] * scale, 3)
     enlarged = cv2.resize(source, picture.shape[1::-1], interpolation=cv2.INTER_NEAREST)
 
-    # the detections drawn (score >= 0.3, the demo's threshold) sit on ground-truth objects, some with their name
+    # the detections drawn (score >= 0.3, best phrase per region: what make_demo draws) are the objects, named
     from glip_d2.data.datasets import SYNTHETIC_CATEGORY_NAMES
+    from glip_d2.engine.best_phrase import keep_best_phrase_per_region
     from glip_d2.engine.defaults import load_glip_cfg
     from glip_d2.engine.predictor import GLIPPredictor
 
     predictor = GLIPPredictor(load_glip_cfg(CONFIG, ["MODEL.WEIGHTS", run["weights"]]))
     inst = predictor(source, ". ".join(sorted({SYNTHETIC_CATEGORY_NAMES[a["category_id"]] for a in record["annotations"]})))
+    inst = keep_best_phrase_per_region(inst, make_demo.TINY_AGNOSTIC_NMS)
     inst = inst[inst.scores >= 0.3]
-    assert len(inst) > 0
     gt = [(SYNTHETIC_CATEGORY_NAMES[a["category_id"]], a["bbox"]) for a in record["annotations"]]
     gt = [(n, [x, y, x + w, y + h]) for n, (x, y, w, h) in gt]
-    on_truth = named = 0
+    best_iou = {}  # object index -> best IoU of a drawn box carrying its name
     for box, phrase in zip(inst.pred_boxes.tensor.tolist(), inst.pred_phrases):
         overlaps = [_iou(box, b) for _, b in gt]
-        on_truth += max(overlaps) >= 0.5
-        named += max(overlaps) >= 0.5 and gt[int(np.argmax(overlaps))][0] == phrase
+        j = int(np.argmax(overlaps))
+        # every drawn box sits on an object (none on the background)
+        assert overlaps[j] >= 0.3, (box, phrase, gt)
+        if gt[j][0] == phrase:
+            best_iou[j] = max(best_iou.get(j, 0.0), overlaps[j])
         x1, y1, x2, _ = (round(v * scale) for v in box)
         # the box outline was drawn: its top edge differs from the input picture
         edge = slice(max(x1, 0), max(min(x2, enlarged.shape[1] - 1), x1 + 1))
         row = min(max(y1, 0), enlarged.shape[0] - 1)
         assert np.abs(picture[row, edge].astype(int) - enlarged[row, edge].astype(int)).max() > 30
-    # measured: 10 of the 44 drawn boxes at IoU >= 0.5 with an object, 3 of them with its name (the others are
-    # looser boxes on the same objects); a model that learned nothing places none
-    assert on_truth >= max(1, len(inst) // 6), (inst.pred_boxes, gt)
-    assert named >= 1, (inst.pred_phrases, gt)
+    # one box per object, not a cloud of boxes
+    assert len(gt) - 1 <= len(inst) <= len(gt) + 1, (inst.pred_phrases, gt)
+    # measured (4 objects): each one boxed with its own name, IoU 0.87, 0.69, 0.54, 0.40 (the recipe before this
+    # one, LR decays at 67 %/89 % and the official GIoU weight: 0.91, 0.41, 0.38, 0.22)
+    assert len(best_iou) >= len(gt) - 1, (inst.pred_phrases, inst.pred_boxes, gt)
+    assert sum(v >= 0.5 for v in best_iou.values()) >= len(gt) // 2, (best_iou, gt)

@@ -186,11 +186,12 @@ def test_top_label_on_each_object_names_it(predictor, val_samples):
         for (name, _), top in zip(gt, _top_labels(predictor(image, own), gt)):
             found_own += top is not None
             name_right += top == name
-    # measured on these 12 pictures (32 objects): all names: 21 found, colour right on 20; own names: 22 found, name
-    # right on 21. Chance would be 1/6 of the colours. (Shape words alone are not bound yet: README, quick schedule.)
-    assert found >= 0.5 * total, (found, total)
+    # measured on these 12 pictures (32 objects): all names: 29 found, colour right on 27; own names: 30 found, name
+    # right on 29 (the recipe before: 21/20 and 22/21). Chance would be 1/6 of the colours. (Shape words alone are
+    # not bound yet: README, quick schedule.)
+    assert found >= 0.75 * total, (found, total)
     assert colour_right >= 0.8 * found, (colour_right, found)
-    assert found_own >= 0.5 * total and name_right >= 0.7 * found_own, (name_right, found_own, total)
+    assert found_own >= 0.75 * total and name_right >= 0.8 * found_own, (name_right, found_own, total)
 
 
 @pytest.mark.slow
