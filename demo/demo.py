@@ -28,7 +28,7 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from glip_d2.engine.best_phrase import keep_best_phrase_per_region
+from glip_d2.engine.best_phrase import check_iou_threshold, keep_best_phrase_per_region
 from glip_d2.engine.defaults import load_glip_cfg
 from glip_d2.engine.predictor import GLIPPredictor, to_uint8_image
 
@@ -210,8 +210,11 @@ def main(argv=None) -> List[str]:
     setup_logger(name="fvcore")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give either --input (images) or --video-input (a video)")
-    if args.agnostic_nms is not None and not 0.0 < args.agnostic_nms <= 1.0:
-        raise SystemExit(f"--agnostic-nms {args.agnostic_nms}: give an IoU in (0, 1]")
+    if args.agnostic_nms is not None:
+        try:  # before the model is built
+            check_iou_threshold(args.agnostic_nms)
+        except ValueError as e:
+            raise SystemExit(f"--agnostic-nms: {e}") from None
     cfg = setup_cfg(args)
     predictor = GLIPPredictor(cfg)
     if args.video_input:

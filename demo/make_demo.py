@@ -107,6 +107,13 @@ def synthetic_sample(dataset_root: str = "", min_objects: int = 3):
     return records[0]
 
 
+def tiny_prompt(record) -> str:
+    """The prompt a user would type for a synthetic picture: the names of what is in it (its list-style caption)."""
+    from glip_d2.data.datasets import SYNTHETIC_CATEGORY_NAMES
+
+    return ". ".join(sorted({SYNTHETIC_CATEGORY_NAMES[a["category_id"]] for a in record["annotations"]}))
+
+
 def cached_glip_t():
     """Local path of GLIP-T's official weights if they are already cached, else None (never downloads)."""
     try:
@@ -157,9 +164,7 @@ def main(argv=None) -> str:
         from glip_d2.data.datasets import SYNTHETIC_CATEGORY_NAMES
 
         truth = sorted(SYNTHETIC_CATEGORY_NAMES[a["category_id"]] for a in record["annotations"])
-        # the prompt a user would type for this picture: the names of what is in it (its list-style caption)
-        prompt = ". ".join(sorted(set(truth)))
-        demo_args = ["--config-file", TINY_CONFIG, "--weights", weights, "--prompt", prompt]
+        demo_args = ["--config-file", TINY_CONFIG, "--weights", weights, "--prompt", tiny_prompt(record)]
         threshold = 0.3
         agnostic_nms = TINY_AGNOSTIC_NMS
     if args.confidence_threshold is not None:

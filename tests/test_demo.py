@@ -6,7 +6,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from tiny_trained import CONFIG, REPO, synthetic_root, trained_tiny
+from tiny_trained import CONFIG, REPO, iou_xyxy, synthetic_root, trained_tiny
 
 sys.path.insert(0, os.path.join(REPO, "demo"))
 import make_demo  # demo/make_demo.py
@@ -106,13 +106,6 @@ def test_agnostic_nms_keeps_the_best_phrase_per_region():
 
 
 # -------------------------------------------------------------------------------------------------- slow tests
-def _iou(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union
-
-
 @pytest.mark.slow
 def test_make_demo_draws_boxes_on_the_ground_truth(tmp_path, tmp_path_factory, capsys):
     run = trained_tiny(tmp_path_factory)
@@ -140,14 +133,14 @@ def test_make_demo_draws_boxes_on_the_ground_truth(tmp_path, tmp_path_factory, c
     from glip_d2.engine.predictor import GLIPPredictor
 
     predictor = GLIPPredictor(load_glip_cfg(CONFIG, ["MODEL.WEIGHTS", run["weights"]]))
-    inst = predictor(source, ". ".join(sorted({SYNTHETIC_CATEGORY_NAMES[a["category_id"]] for a in record["annotations"]})))
+    inst = predictor(source, make_demo.tiny_prompt(record))
     inst = keep_best_phrase_per_region(inst, make_demo.TINY_AGNOSTIC_NMS)
     inst = inst[inst.scores >= 0.3]
     gt = [(SYNTHETIC_CATEGORY_NAMES[a["category_id"]], a["bbox"]) for a in record["annotations"]]
     gt = [(n, [x, y, x + w, y + h]) for n, (x, y, w, h) in gt]
     best_iou = {}  # object index -> best IoU of a drawn box carrying its name
     for box, phrase in zip(inst.pred_boxes.tensor.tolist(), inst.pred_phrases):
-        overlaps = [_iou(box, b) for _, b in gt]
+        overlaps = [iou_xyxy(box, b) for _, b in gt]
         j = int(np.argmax(overlaps))
         # every drawn box sits on an object (none on the background)
         assert overlaps[j] >= 0.3, (box, phrase, gt)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from tiny_trained import iou_xyxy
 
 from glip_d2.engine.predictor import parse_prompt, to_uint8_image
 
@@ -93,15 +94,6 @@ def test_bad_prompts_raise_clear_errors(prompt, phrases, error, match):
 
 
 # ------------------------------------------------------------------------------ with the trained tiny model (slow)
-def _iou(a, b):
-    """IoU of two xyxy boxes (continuous convention; a +-1 px convention difference does not matter here)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
     from tiny_trained import CONFIG, synthetic_root, trained_tiny
@@ -144,7 +136,7 @@ def _detections(instances, threshold=0.3):
 def _recall(instances, gt, threshold=0.3):
     """Fraction of ground-truth objects found by a detection with the right phrase, IoU >= 0.5."""
     dets = _detections(instances, threshold)
-    hits = sum(any(p == name and _iou(b, box) >= 0.5 for b, p in dets) for name, box in gt)
+    hits = sum(any(p == name and iou_xyxy(b, box) >= 0.5 for b, p in dets) for name, box in gt)
     return hits / len(gt)
 
 
@@ -165,7 +157,7 @@ def test_name_list_prompt_finds_the_objects(predictor, val_samples):
 def _top_labels(instances, gt, threshold=0.3):
     """For each ground-truth object: the phrase of the highest-scoring detection on it (IoU >= 0.5), or None."""
     dets = _detections(instances, threshold)
-    return [next((p for b, p in dets if _iou(b, box) >= 0.5), None) for _, box in gt]
+    return [next((p for b, p in dets if iou_xyxy(b, box) >= 0.5), None) for _, box in gt]
 
 
 @pytest.mark.slow
@@ -214,7 +206,7 @@ def test_every_prompt_form_grounds_the_right_phrase(predictor, val_samples):
         # the top detection lies on an object of the image (the tiny model localises well; it binds the
         # "colour shape" names only weakly, see test_name_list_prompt_finds_the_objects for phrase-level recall)
         box = top.pred_boxes.tensor[0].tolist()
-        assert max(_iou(box, b) for _, b in gt) >= 0.5, (prompt, box, gt)
+        assert max(iou_xyxy(box, b) for _, b in gt) >= 0.5, (prompt, box, gt)
 
 
 @pytest.mark.slow

@@ -31,6 +31,15 @@ def run_train_net(args, *, log_path, timeout=1800, env=None):
     return output
 
 
+def iou_xyxy(a, b) -> float:
+    """IoU of two xyxy boxes (continuous convention; a +-1 px convention difference does not matter in tests)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def copypaste_results(output: str):
     """The (metric names, values) of the last detectron2 "copypaste" AP block in a log."""
     blocks = re.findall(r"copypaste: (AP,AP50[^\n]*)\n[^\n]*copypaste: ([-\d.,nan]+)", output)

@@ -9,7 +9,13 @@ nothing in evaluation does.
 from detectron2.structures import Instances
 from torchvision.ops import nms
 
-__all__ = ["keep_best_phrase_per_region"]
+__all__ = ["check_iou_threshold", "keep_best_phrase_per_region"]
+
+
+def check_iou_threshold(iou_threshold: float) -> None:
+    """Raise ValueError unless the IoU threshold lies in (0, 1] (1 keeps all but exact duplicates)."""
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"agnostic NMS IoU threshold must be in (0, 1], got {iou_threshold}")
 
 
 def keep_best_phrase_per_region(instances: Instances, iou_threshold: float) -> Instances:
@@ -17,8 +23,7 @@ def keep_best_phrase_per_region(instances: Instances, iou_threshold: float) -> I
 
     Returned best first. ``iou_threshold`` must lie in (0, 1]; 1 keeps every box except exact duplicates.
     """
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"agnostic NMS IoU threshold must be in (0, 1], got {iou_threshold}")
+    check_iou_threshold(iou_threshold)
     if len(instances) == 0:
         return instances
     keep = nms(instances.pred_boxes.tensor.float(), instances.scores.float(), iou_threshold)
