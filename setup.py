@@ -13,7 +13,7 @@ setup(
     description="GLIP / GLIPv2 grounded language-image detection built on detectron2",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["glip_d2", "glip_d2.*"]),
     package_data={"glip_d2": ["../configs/**/*.yaml"]},
     install_requires=[
@@ -22,7 +22,7 @@ setup(
         "detectron2",  # not on PyPI: tools/install_env.sh installs pb1-detectron2 (v0.6) or upstream from git
         "fvcore",
         "transformers>=4.30",
-        "timm",
+        "timm>=1.0",
         "pycocotools",
         "lvis",
         "huggingface_hub",

@@ -12,27 +12,27 @@ predicts them. Without ``--output`` the pictures go to ``output/demo/``.
 import argparse
 import glob
 import logging
+import math
 import os
 import sys
-from typing import List, Optional
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-# isort: off
-import glip_d2  # noqa: F401  (first: detectron2 compatibility shims)
-# isort: on
 from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+import glip_d2  # noqa: F401  (registers GLIP's models and datasets)
 from glip_d2.engine.best_phrase import check_iou_threshold, keep_best_phrase_per_region
 from glip_d2.engine.defaults import load_glip_cfg
 from glip_d2.engine.predictor import GLIPPredictor, to_uint8_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+#: What a folder given as --input expands to.
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS + (".bmp", ".tif", ".tiff", ".webp")
 _PIL_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 logger = logging.getLogger("glip_d2.demo")
@@ -52,6 +52,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--agnostic-nms", type=float, default=None, metavar="IOU",
         help="draw one phrase per region: drop boxes overlapping a higher-scoring box of any phrase by IoU > IOU",
     )
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="go on past unreadable images, list them at the end (the exit code is still 1)")
+    p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
 
@@ -122,18 +125,52 @@ def draw(image_bgr: np.ndarray, instances: Instances, threshold: float, min_side
     return out.get_image()
 
 
-def expand_inputs(patterns: List[str]) -> List[str]:
-    """Files named by the arguments, globs expanded (sorted); an argument that matches nothing is an error."""
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files named by the arguments: globs expanded (sorted), folders expanded to their images (sorted).
+
+    An argument that matches nothing, or a folder without images, is an error: a run that writes nothing must not
+    look like a success.
+    """
     files = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
             raise FileNotFoundError(f"--input {pattern!r}: no such file (and no file matches it as a pattern)")
-        files.extend(m for m in matches if os.path.isfile(m))
+        for match in matches:
+            if os.path.isdir(match):
+                images = sorted(os.path.join(match, f) for f in os.listdir(match)
+                                if f.lower().endswith(INPUT_EXTENSIONS) and os.path.isfile(os.path.join(match, f)))
+                if not images:
+                    raise FileNotFoundError(f"--input {match!r} is a folder without images ({', '.join(INPUT_EXTENSIONS)})")
+                files.extend(images)
+            elif os.path.isfile(match):
+                files.append(match)
     return files
 
 
-def output_path(output: Optional[str], source: str, n_inputs: int, ext: Optional[str] = None) -> str:
+def check_threshold(value: float) -> float:
+    """``--confidence-threshold`` must be a score in [0, 1]; 1.5 or nan would silently draw nothing."""
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"--confidence-threshold must be a score between 0 and 1, got {value}")
+    return value
+
+
+def check_outputs(output: str | None, files: list[str]) -> None:
+    """Every output the run will write is writable, checked before the model is built."""
+    targets = {output_path(output, f, len(files)) for f in files}
+    for target in sorted(targets):
+        if os.path.splitext(target)[1].lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"output {target!r}: use a .png or .jpg file name (or a folder)")
+    for folder in sorted({os.path.dirname(os.path.abspath(t)) for t in targets}):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the output folder {folder!r}: {e.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"cannot write into the output folder {folder!r}")
+
+
+def output_path(output: str | None, source: str, n_inputs: int, ext: str | None = None) -> str:
     base = os.path.splitext(os.path.basename(source))[0] + (ext or ".png")
     if not output:
         return os.path.join("output", "demo", base)
@@ -160,12 +197,21 @@ def predict(predictor: GLIPPredictor, image: np.ndarray, args) -> Instances:
     return instances
 
 
-def run_images(predictor: GLIPPredictor, files: List[str], args) -> List[str]:
+def run_images(predictor: GLIPPredictor, files: list[str], args, skipped: list[str] | None = None) -> list[str]:
+    """Draw every image; with --skip-bad-images an unreadable one is noted in ``skipped`` and the run goes on."""
     from tqdm import tqdm
 
     written = []
     for path in tqdm(files, desc="demo", unit="img", disable=len(files) < 2):
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as e:
+            if not args.skip_bad_images:
+                raise
+            logger.warning("skipped: %s", e)
+            if skipped is not None:
+                skipped.append(f"{path}: {e}")
+            continue
         instances = predict(predictor, image, args)
         n = int((instances.scores >= args.confidence_threshold).sum())
         out = output_path(args.output, path, len(files))
@@ -204,27 +250,56 @@ def run_video(predictor: GLIPPredictor, path: str, args) -> str:
     return out
 
 
-def main(argv=None) -> List[str]:
+def main(argv=None, skipped: list[str] | None = None) -> list[str]:
+    """Run the demo; returns the files written. Inputs, outputs and thresholds are checked before the model is
+    built, so a typo costs seconds, not a model load. Unreadable images skipped with --skip-bad-images are
+    appended to ``skipped``."""
     args = get_parser().parse_args(argv)
     setup_logger(name="glip_d2")
     setup_logger(name="fvcore")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give either --input (images) or --video-input (a video)")
     if args.agnostic_nms is not None:
-        try:  # before the model is built
+        try:
             check_iou_threshold(args.agnostic_nms)
         except ValueError as e:
             raise SystemExit(f"--agnostic-nms: {e}") from None
-    cfg = setup_cfg(args)
-    predictor = GLIPPredictor(cfg)
+    check_threshold(args.confidence_threshold)
+    if args.phrases is not None and not all(p.strip() for p in args.phrases):
+        raise ValueError("--phrases: empty phrase")
     if args.video_input:
+        if not os.path.isfile(args.video_input):
+            raise FileNotFoundError(f"--video-input {args.video_input!r}: no such file")
+        predictor = GLIPPredictor(setup_cfg(args))
         return [run_video(predictor, args.video_input, args)]
-    return run_images(predictor, expand_inputs(args.input), args)
+    files = expand_inputs(args.input)
+    check_outputs(args.output, files)
+    predictor = GLIPPredictor(setup_cfg(args))
+    return run_images(predictor, files, args, skipped)
+
+
+def cli(argv=None) -> int:
+    """``main`` as a command: the written files on stdout; exit 0 only when every requested output was written;
+    an error is one line (its traceback only with --verbose)."""
+    from glip_d2.checkpoint import CheckpointError
+
+    skipped: list[str] = []
+    try:
+        for written_path in main(argv, skipped):
+            print(written_path)
+    # bad input, weights or text model not available / unreadable: one clear message
+    except (OSError, ValueError, TypeError, CheckpointError) as e:
+        if "--verbose" in (sys.argv[1:] if argv is None else argv):
+            raise
+        print(f"demo.py: error: {e}", file=sys.stderr)
+        return 1
+    if skipped:
+        print(f"demo.py: {len(skipped)} image(s) skipped, no picture written for them:", file=sys.stderr)
+        for line in skipped:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        for written_path in main():
-            print(written_path)
-    except (FileNotFoundError, ValueError, TypeError) as e:  # bad input: one clear line, no traceback
-        sys.exit(f"demo.py: error: {e}")
+    sys.exit(cli())

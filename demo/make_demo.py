@@ -137,6 +137,8 @@ def main(argv=None) -> str:
         "--agnostic-nms", type=float, default=None, metavar="IOU",
         help=f"one phrase per region (demo.py --agnostic-nms); default off (GLIP-T) / {TINY_AGNOSTIC_NMS} (tiny), 1 = off",
     )
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides for the model (demo.py --opts): KEY VALUE pairs")
     args = parser.parse_args(argv)
     os.chdir(REPO)
 
@@ -151,8 +153,16 @@ def main(argv=None) -> str:
     if glip_t is not None:
         import matplotlib.cbook
 
+        from glip_d2 import model_zoo
+
+        prompt = ". ".join(GLIP_T_PROMPT)
+        print(f"[demo] GLIP-T's weights are in the local cache ({glip_t}): grounding {prompt!r} in the Grace "
+              "Hopper photo", flush=True)
         image = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-        demo_args = ["--weights", "GLIP-T", "--prompt", ". ".join(GLIP_T_PROMPT)]
+        # the cached file itself (not the zoo name): nothing asks the hub again. It holds the text encoder too, so
+        # bert-base-uncased is built from its architecture, not downloaded (one log line says so).
+        demo_args = ["--config-file", model_zoo.get_config_file("GLIP-T"), "--weights", glip_t,
+                     "--prompt", prompt]
         threshold = 0.5
         agnostic_nms = None
         truth = None
@@ -175,6 +185,7 @@ def main(argv=None) -> str:
         demo_args += ["--agnostic-nms", str(agnostic_nms)]
     written = demo_cli.main(
         demo_args + ["--input", image, "--output", args.output, "--confidence-threshold", str(threshold)]
+        + (["--opts", *args.opts] if args.opts else [])
     )[0]
     if truth is not None:
         print(f"[demo] objects in the picture (ground truth): {', '.join(truth)}")
@@ -182,5 +193,34 @@ def main(argv=None) -> str:
     return written
 
 
+def _error_message(e: BaseException) -> str:
+    """What went wrong and how to fix it, from an exception raised under main()."""
+    if isinstance(e, subprocess.CalledProcessError):
+        cmd = " ".join(map(str, e.cmd)) if isinstance(e.cmd, (list, tuple)) else str(e.cmd)
+        return (f"training the tiny model failed (exit code {e.returncode}; its output is above). "
+                f"Run it yourself to see the whole log: {cmd}")
+    from glip_d2.checkpoint import CheckpointError
+
+    message = str(e).strip() or type(e).__name__
+    if isinstance(e, (OSError, ImportError, ValueError, CheckpointError)):  # errors written for users
+        return message
+    return f"{type(e).__name__}: {message} (set GLIP_D2_TRACEBACK=1 to see the traceback)"
+
+
+def cli(argv=None) -> int:
+    """``make demo``: main(), with a failure reported as one message (what is missing and what fixes it), exit 1."""
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # no "Retrying in 8s" lines when offline: the failure, if any, says it all
+    try:
+        main(argv)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one message, not a traceback
+        if os.environ.get("GLIP_D2_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"make demo: error: {_error_message(e)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,132 +1,90 @@
-"""Compatibility shims so glip_d2 runs on both supported detectron2 flavours.
+"""What glip_d2 needs from its environment, checked rather than patched: importing glip_d2 changes nothing in
+NumPy, Pillow, torch or detectron2.
 
-Supported: ``pb1-detectron2==0.6`` (upstream v0.6 Python sources, built without the C++ extension) and
-current upstream detectron2 built from git. Every shim below says which version needs it and why, and
-does nothing when it is not needed (a real ``detectron2._C``, a launcher that already knows gloo, ...).
-``install()`` runs once, from ``glip_d2/__init__.py``, before any detectron2 module that needs it is imported.
+tools/install_env.sh installs a detectron2 that works on its own: upstream from git, or v0.6 (pb1-detectron2)
+with its sources patched by tools/patch_detectron2_v06.py. A detectron2 the user brings (DETECTRON2=skip) may be
+an unpatched v0.6; the checks here turn its failures into errors that name the fix. The one shim left,
+``numpy_float_alias``, is scoped to LVIS evaluation.
 """
+import contextlib
+import importlib
 import importlib.util
 import inspect
-import logging
-import sys
-import types
 
-__all__ = ["install", "HAS_D2_C_OPS"]
+__all__ = [
+    "DETECTRON2_FIX",
+    "check_detectron2_importable",
+    "check_launch",
+    "detectron2_has_c_ops",
+    "launch_supports_cpu",
+    "numpy_float_alias",
+]
 
-logger = logging.getLogger(__name__)
+DETECTRON2_FIX = (
+    "run tools/install_env.sh (its default DETECTRON2=pb1 installs detectron2 v0.6 patched to work without C++ ops "
+    "and on CPU), or build detectron2 from source (pip install 'git+https://github.com/facebookresearch/detectron2.git')"
+)
 
-#: True when detectron2 was compiled with its C++/CUDA ops (only then may its fast COCOeval be used).
-HAS_D2_C_OPS = False
+
+def detectron2_has_c_ops() -> bool:
+    """True when detectron2 was compiled with its C++/CUDA ops (rotated boxes, COCOeval_opt, ...)."""
+    try:
+        return importlib.util.find_spec("detectron2._C") is not None
+    except (ImportError, ValueError):
+        return False
 
 
-class _MissingCOps(types.ModuleType):
-    """Stand-in for ``detectron2._C``: importing works, using an op raises an error that names the op."""
+def check_detectron2_importable() -> None:
+    """Import the detectron2 modules glip_d2 builds on; raise an ImportError naming the fix if they do not import.
 
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
+    An unpatched detectron2 v0.6 without its compiled ops fails at ``from detectron2 import _C`` (module top of
+    detectron2.layers), and with Pillow >= 10 at ``Image.LINEAR`` (detectron2.data.transforms).
+    """
+    try:
+        importlib.import_module("detectron2.layers")
+        importlib.import_module("detectron2.data.transforms")
+        importlib.import_module("detectron2.evaluation")
+    except ImportError as e:
+        if "_C" not in str(e):
+            raise
+        raise ImportError(f"detectron2 is installed without its C++ ops and cannot import them ({e}): "
+                          f"{DETECTRON2_FIX}") from e
+    except AttributeError as e:
+        if "LINEAR" not in str(e):
+            raise
+        raise ImportError(f"this detectron2 needs Pillow < 10 ({e}): {DETECTRON2_FIX}") from e
+
+
+def launch_supports_cpu() -> bool:
+    """Whether detectron2's ``launch`` can start several processes without CUDA (gloo), as upstream's does."""
+    launch_module = importlib.import_module("detectron2.engine.launch")  # the module; the package exports the function
+    return "GLOO" in inspect.getsource(launch_module._distributed_worker).upper()
+
+
+def check_launch(num_processes_per_machine: int) -> None:
+    """Raise before spawning if detectron2's ``launch`` would fail in its workers: several processes without
+    CUDA on an unpatched detectron2 v0.6 (it asserts CUDA and hard-codes NCCL)."""
+    import torch
+
+    if num_processes_per_machine > 1 and not torch.cuda.is_available() and not launch_supports_cpu():
         raise RuntimeError(
-            f"detectron2 was installed without its C++ ops, so 'detectron2._C.{name}' is unavailable. "
-            "glip_d2 never needs it (deformable conv comes from torchvision, COCO evaluation uses "
-            "pycocotools with use_fast_impl=False); if you call it directly, build detectron2 from source."
+            f"{num_processes_per_machine} processes without CUDA need a detectron2 whose launch uses gloo on CPU; "
+            f"this one only supports NCCL on GPUs. Use one process, or {DETECTRON2_FIX}."
         )
 
 
-def _stub_missing_c_extension() -> None:
-    # detectron2 v0.6 imports `from detectron2 import _C` at module top in layers/deform_conv.py,
-    # layers/roi_align_rotated.py, layers/rotated_boxes.py and evaluation/fast_eval_api.py, so without the
-    # compiled extension `import detectron2.layers` fails. Upstream only needs _C when an op is called.
-    global HAS_D2_C_OPS
-    if "detectron2._C" in sys.modules:
-        HAS_D2_C_OPS = not isinstance(sys.modules["detectron2._C"], _MissingCOps)
-        return
-    try:
-        HAS_D2_C_OPS = importlib.util.find_spec("detectron2._C") is not None
-    except (ImportError, ValueError):
-        HAS_D2_C_OPS = False
-    if HAS_D2_C_OPS:
-        return
-    import detectron2
-
-    stub = _MissingCOps("detectron2._C")
-    sys.modules["detectron2._C"] = stub
-    detectron2._C = stub
-
-
-def _alias_removed_pillow_constants() -> None:
-    # detectron2 v0.6 uses `Image.LINEAR` as a default argument (data/transforms/transform.py), evaluated at
-    # import; Pillow 10 removed that alias of BILINEAR. Our installer pins pillow<10 for v0.6, this keeps
-    # other environments importable.
-    from PIL import Image
-
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR
-
-
-def _alias_removed_numpy_float() -> None:
-    # lvis 0.5.3 (the latest release, used by detectron2's LVISEvaluator) calls `np.float`, removed in
-    # NumPy 1.24; opencv wheels for Python 3.11 require NumPy 2, so pinning NumPy is not an option.
+@contextlib.contextmanager
+def numpy_float_alias():
+    """``np.float`` (= ``float``) inside the block only, for lvis 0.5.3's evaluation (the latest release calls it;
+    NumPy 1.24 removed it, and opencv wheels for Python 3.11 need NumPy 2). Removed again on exit; a NumPy that
+    still has it is left alone."""
     import numpy as np
 
-    if "float" not in np.__dict__:
+    added = "float" not in np.__dict__
+    if added:
         np.float = float
-
-
-def _distributed_worker_with_gloo(
-    local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout=None
-):
-    """detectron2's worker, choosing NCCL with GPUs and gloo without (as upstream's does)."""
-    import torch
-    import torch.distributed as dist
-    from detectron2.utils import comm
-
-    has_gpu = torch.cuda.is_available()
-    global_rank = machine_rank * num_gpus_per_machine + local_rank
-    kwargs = {} if timeout is None else {"timeout": timeout}
-    dist.init_process_group(
-        backend="NCCL" if has_gpu else "GLOO",
-        init_method=dist_url,
-        world_size=world_size,
-        rank=global_rank,
-        **kwargs,
-    )
-    num_machines = world_size // num_gpus_per_machine
-    for i in range(num_machines):
-        ranks_on_i = list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine))
-        pg = dist.new_group(ranks_on_i)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = pg
-    if has_gpu:
-        assert num_gpus_per_machine <= torch.cuda.device_count()
-        torch.cuda.set_device(local_rank)
-    comm.synchronize()
-    main_func(*args)
-
-
-def _let_launch_use_gloo_on_cpu() -> None:
-    # detectron2 v0.6's engine/launch.py asserts CUDA and hard-codes the NCCL backend, so multi-process
-    # training on CPU (our CI, laptops) is impossible; upstream picks GLOO without GPUs. The worker is
-    # pickled by reference, and spawned children import glip_d2 (through the main function's module)
-    # before running it, so they get the same worker.
-    import importlib
-
-    d2_launch = importlib.import_module("detectron2.engine.launch")  # the module, not the function
-    source = inspect.getsource(d2_launch._distributed_worker)
-    if "GLOO" in source.upper():
-        return
-    d2_launch._distributed_worker = _distributed_worker_with_gloo
-
-
-_INSTALLED = False
-
-
-def install() -> None:
-    """Apply every needed shim once."""
-    global _INSTALLED
-    if _INSTALLED:
-        return
-    _INSTALLED = True
-    _stub_missing_c_extension()
-    _alias_removed_pillow_constants()
-    _alias_removed_numpy_float()
-    _let_launch_use_gloo_on_cpu()
+    try:
+        yield
+    finally:
+        if added and np.__dict__.get("float") is float:
+            del np.float

@@ -1,7 +1,7 @@
 """Every config key glip_d2 adds to detectron2's ``get_cfg()``.
 
 Defaults are the official GLIP-T(C) values (``configs/pretrain/glip_Swin_T_O365_GoldG.yaml`` of
-microsoft/GLIP, see ``GLIP_REFERENCE.md``) so that a config file only states what differs from GLIP-T(C).
+microsoft/GLIP, see ````) so that a config file only states what differs from GLIP-T(C).
 detectron2's own keys that GLIP sets differently (pixel std, sizes, solver) live in ``configs/Base-GLIP.yaml``
 because ``add_glip_config`` must not silently change the meaning of keys other projects rely on.
 This is the one place for new keys: add them here, with a one-line comment each.
@@ -21,6 +21,7 @@ def add_glip_config(cfg: CN) -> CN:
     _add_input_keys(cfg)
     _add_solver_and_test_keys(cfg)
     _add_dataset_keys(cfg)
+    _add_glipv2_keys(cfg)
     return cfg
 
 
@@ -165,7 +166,7 @@ def _add_head_keys(cfg: CN) -> None:
 
 def _add_input_keys(cfg: CN) -> None:
     _C = cfg
-    # Resize long side by truncation as official (P8); False = detectron2's rounding.
+    # Resize long side by truncation as official (official detail 8); False = detectron2's rounding.
     _C.INPUT.RESIZE_TRUNCATE = True
     # Horizontal flip probability in training (AUGMENT.FLIP_PROB_TRAIN).
     _C.INPUT.FLIP_PROB_TRAIN = 0.5
@@ -189,12 +190,14 @@ def _add_input_keys(cfg: CN) -> None:
     _C.INPUT.PROMPT.SHUFFLE = True
     # Sample negatives at all (False: every category in every training prompt, convert_od_to_grounding_simple).
     _C.INPUT.PROMPT.SAMPLE_NEGATIVES = True
-    # Include "background" in the negative pool (official O365 quirk P22).
+    # Include "background" in the negative pool (an official Objects365 quirk, official detail 22).
     _C.INPUT.PROMPT.NEGATIVE_INCLUDES_BACKGROUND = False
     # Training prompt source: "auto" (record's caption if any, else sampled thing_classes), "caption", "vocabulary".
     _C.INPUT.PROMPT.TRAIN_SOURCE = "auto"
     # Test prompt source: "auto" (thing_classes if evaluator_type is coco/lvis, else caption), "caption", "vocabulary".
     _C.INPUT.PROMPT.TEST_SOURCE = "auto"
+    # Per-dataset TRAIN_SOURCE: ((DATASETS.TRAIN name, source), ...), e.g. a captioned set read as detection data.
+    _C.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET = []
 
 
 def _add_solver_and_test_keys(cfg: CN) -> None:
@@ -213,6 +216,17 @@ def _add_solver_and_test_keys(cfg: CN) -> None:
     _C.SOLVER.EMA_EVAL = True
     # DDP find_unused_parameters (official default True; False is faster and our model uses every parameter).
     _C.SOLVER.FIND_UNUSED_PARAMETERS = False
+    # LVIS: report Fixed AP ("bbox_fixed_ap", per-class top-k over the dataset) beside the standard 300-per-image AP.
+    _C.TEST.LVIS_FIXED_AP = True
+    # Fixed AP: detections kept per class over the whole dataset (official LvisEvaluatorFixedAP topk).
+    _C.TEST.FIXED_AP_TOPK = 10000
+    # Multi-scale test (TEST.AUG.*): per MIN_SIZES entry, [min, max] sqrt(box area) kept at that scale (TEST.RANGES).
+    _C.TEST.AUG.SIZE_RANGES = [[96, 10000], [96, 10000], [64, 10000], [64, 10000], [64, 10000], [0, 10000],
+                               [0, 10000], [0, 256], [0, 256], [0, 192], [0, 192], [0, 96]]
+    # Multi-scale test: class-aware "+1" NMS IoU threshold over every scale's boxes (TEST.TH).
+    _C.TEST.AUG.NMS_THRESH = 0.6
+    # Multi-scale test: detections kept per image after the merge (TEST.PRE_NMS_TOP_N, k-th score rule).
+    _C.TEST.AUG.DETECTIONS_PER_IMAGE = 1000
 
 
 def _add_dataset_keys(cfg: CN) -> None:
@@ -224,5 +238,50 @@ def _add_dataset_keys(cfg: CN) -> None:
     _C.DATASETS.SYNTHETIC.NUM_TRAIN = 200
     _C.DATASETS.SYNTHETIC.NUM_VAL = 50
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Images of the held-out test split (synthetic_test): never used to tune a recipe, so tests check on it.
+    _C.DATASETS.SYNTHETIC.NUM_TEST = 50
     # Your own COCO-format jsons to register before training/evaluation: ((name, json_file, image_root), ...).
     _C.DATASETS.REGISTER_COCO = []
+    # Bad data found at load (missing images, NaN/negative/outside boxes, ...): "error", "skip" (drop, counted) or "fix".
+    _C.DATASETS.ON_INVALID = "error"
+    # Images per dataset decoded at load to check they are readable and of the json's size (all are stat-ed).
+    _C.DATASETS.DECODE_CHECK_IMAGES = 16
+
+
+def _add_glipv2_keys(cfg: CN) -> None:
+    """GLIPv2's two extra pre-training objectives; both off, so GLIP configs train and load as before."""
+    _C = cfg
+    _C.MODEL.GLIPV2 = CN()
+    _C.MODEL.GLIPV2.REGION_WORD = CN()
+    # Inter-image region-word contrastive loss (loss_region_word_contrastive): regions vs the words of every prompt.
+    _C.MODEL.GLIPV2.REGION_WORD.ENABLED = False
+    # Region features: "fpn" = pre-fusion FPN levels at the ATSS-positive anchors (official default; the only one).
+    _C.MODEL.GLIPV2.REGION_WORD.FEATURE = "fpn"
+    # Positive anchors kept per image (random subset); images are padded to the batch's largest count.
+    _C.MODEL.GLIPV2.REGION_WORD.MAX_POSITIVE_ANCHORS = 100
+    # Pad with masked zero rows instead of random background anchors (official default: background anchors).
+    _C.MODEL.GLIPV2.REGION_WORD.ZERO_PADS = False
+    # Width of the shared region / word embedding both sides are projected to.
+    _C.MODEL.GLIPV2.REGION_WORD.EMBED_DIM = 64
+    # Initial learned temperature: logits are cosine similarities divided by exp(log_scale).
+    _C.MODEL.GLIPV2.REGION_WORD.LOG_SCALE_INIT = 0.0
+    # Weight of loss_region_word_contrastive (official 1.0).
+    _C.MODEL.GLIPV2.REGION_WORD.LOSS_WEIGHT = 1.0
+    # Send other processes' gradients back through the all-gather (exact multi-process gradient; official False).
+    _C.MODEL.GLIPV2.REGION_WORD.GATHER_WITH_GRAD = False
+    # Word features: "fused" = the text the dot-product head reads (official code), "encoder" = pre-fusion (paper).
+    _C.MODEL.GLIPV2.REGION_WORD.TEXT_FEATURES = "fused"
+
+    _C.MODEL.GLIPV2.MLM = CN()
+    # Masked language modelling on the fused text (loss_mlm); ids are masked before the language encoder.
+    _C.MODEL.GLIPV2.MLM.ENABLED = False
+    # Probability that a token is chosen (then 80 % [MASK], 10 % random id, 10 % kept), as BERT.
+    _C.MODEL.GLIPV2.MLM.MASK_PROB = 0.15
+    # Loss only on green tokens: class names present (detection data), the caption (grounding data).
+    _C.MODEL.GLIPV2.MLM.ONLY_POSITIVES = True
+    # No masking at all for detection data turned into prompts (official NO_MASK_FOR_OD).
+    _C.MODEL.GLIPV2.MLM.NO_MASK_FOR_DETECTION = False
+    # No masking at all for captioned grounding data (official NO_MASK_FOR_GOLD).
+    _C.MODEL.GLIPV2.MLM.NO_MASK_FOR_GROUNDING = False
+    # Weight of loss_mlm (official 1.0).
+    _C.MODEL.GLIPV2.MLM.LOSS_WEIGHT = 1.0

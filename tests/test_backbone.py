@@ -1,7 +1,5 @@
 """Swin / FPN / ResNet-FPN backbones against timm, detectron2, hand-computed cases and the official GLIP run."""
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
@@ -9,19 +7,19 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
+from reference_data import load_reference, official_reference_weights, requires_reference
 
 from glip_d2 import add_glip_config
+from glip_d2.checkpoint import KNOWN_ARCHITECTURES, map_official_key, official_state_dict
 from glip_d2.modeling.backbone import (
     GLIPFPN,
     DropBlock2D,
     SwinTransformer,
     build_swin_glip_fpn_backbone,
-    rename_official_backbone_key,
 )
 from glip_d2.modeling.backbone.swin import PatchMerging, shifted_window_mask
 
-REFERENCE_DIR = "/work/shared/design/reference"
-REFERENCE_PT = os.path.join(REFERENCE_DIR, "astronaut.pt")
+GLIP_T = KNOWN_ARCHITECTURES["GLIP-T"]
 
 
 def n_params(module):
@@ -87,7 +85,7 @@ def test_swin_output_shape_and_stochastic_depth_schedule():
     shapes = swin.output_shape()
     assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
         "stage2": (96, 4), "stage3": (192, 8), "stage4": (384, 16), "stage5": (768, 32)}
-    probs = [blk.drop_path.prob for layer in swin.layers for blk in layer.blocks]
+    probs = [blk.drop_path.drop_prob for layer in swin.layers for blk in layer.blocks]
     assert probs == pytest.approx([0.2 * i / 11 for i in range(12)])
     shifts = [[blk.shift_size for blk in layer.blocks] for layer in swin.layers]
     assert shifts == [[0, 3], [0, 3], [0, 3, 0, 3, 0, 3], [0, 3]]
@@ -399,45 +397,34 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_official_backbone_key_renaming():
-    r = rename_official_backbone_key
-    assert r("module.backbone.body.layers.2.blocks.5.attn.qkv.weight") == "backbone.bottom_up.layers.2.blocks.5.attn.qkv.weight"
-    assert r("backbone.body.norm3.bias") == "backbone.bottom_up.norm3.bias"
-    assert r("backbone.body.layers.0.blocks.1.attn.relative_position_index") is None
-    assert r("backbone.fpn.fpn_inner2.weight") == "backbone.fpn_lateral3.weight"
-    assert r("backbone.fpn.fpn_inner4.bias") == "backbone.fpn_lateral5.bias"
-    assert r("backbone.fpn.fpn_layer3.weight") == "backbone.fpn_output4.weight"
-    assert r("backbone.fpn.top_blocks.p7.bias") == "backbone.top_block.p7.bias"
-    assert r("rpn.head.bias0") is None
+    """The checkpoint converter's key map (the one official -> glip_d2 map) on backbone keys."""
+    def r(key):
+        return map_official_key(key, GLIP_T)  # (glip_d2 key, None) or (None, why it is dropped)
+
+    # the ``module.`` prefix of a DDP-saved file is stripped before mapping
+    stripped = official_state_dict({"model": {"module.backbone.body.layers.2.blocks.5.attn.qkv.weight": torch.zeros(1)}})
+    assert list(stripped) == ["backbone.body.layers.2.blocks.5.attn.qkv.weight"]
+    assert r(next(iter(stripped))) == ("backbone.bottom_up.layers.2.blocks.5.attn.qkv.weight", None)
+    assert r("backbone.body.norm3.bias") == ("backbone.bottom_up.norm3.bias", None)
+    new, reason = r("backbone.body.layers.0.blocks.1.attn.relative_position_index")
+    assert new is None and reason  # dropped, with a reason (recomputed)
+    assert r("backbone.fpn.fpn_inner2.weight") == ("backbone.fpn_lateral3.weight", None)
+    assert r("backbone.fpn.fpn_inner4.bias") == ("backbone.fpn_lateral5.bias", None)
+    assert r("backbone.fpn.fpn_layer3.weight") == ("backbone.fpn_output4.weight", None)
+    assert r("backbone.fpn.top_blocks.p7.bias") == ("backbone.top_block.p7.bias", None)
+    assert r("rpn.head.bias0") == ("head.bias0", None)  # a head key, not a backbone one
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Fidelity against the official GLIP-T run
 # ----------------------------------------------------------------------------------------------------------
-def load_make_weights():
-    spec = importlib.util.spec_from_file_location("glip_ref_make_weights", os.path.join(REFERENCE_DIR, "make_weights.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def official_weights(prefix):
-    """Official-keyed deterministic weights (keys starting with ``prefix``) from the reference manifest."""
-    import json
-
-    make_weight = load_make_weights().make_weight
-    with open(os.path.join(REFERENCE_DIR, "weights_manifest.json")) as f:
-        entries = json.load(f)["entries"]
-    return {e["key"]: make_weight(e["key"], e["shape"], e["rule"])
-            for e in entries if e["key"].startswith(prefix) and e.get("generated", True)}
-
-
-@pytest.mark.skipif(not os.path.exists(REFERENCE_PT), reason="official reference outputs not available")
+@requires_reference
 def test_swin_t_fpn_reproduces_official_fpn_outputs():
-    ref = torch.load(REFERENCE_PT, weights_only=False)
+    ref = load_reference()
     backbone = build_swin_glip_fpn_backbone(glip_cfg(), ShapeSpec(channels=3)).eval()
     state = {}
-    for key, value in official_weights("backbone.").items():
-        new = rename_official_backbone_key(key)
+    for key, value in official_reference_weights("backbone.").items():
+        new, _ = map_official_key(key, GLIP_T)
         if new is not None:
             state[new[len("backbone."):]] = value
     backbone.load_state_dict(state, strict=True)

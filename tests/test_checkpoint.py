@@ -1,8 +1,8 @@
 """Official GLIP checkpoints -> glip_d2: conversion, strict loading, safe loading, atomic saves, the CLI.
 
-Fake official checkpoints are built from the official key lists (GLIP_REFERENCE.md's ``official_keys/*.tsv``):
-every listed key with its shape, the ``module.`` prefix, plus ``model_ema``, ``optimizer``, ``scheduler`` and
-``iteration`` entries like a released file. GLIP-T(C) gets real random tensors and goes through the whole
+Fake official checkpoints are built from the official key lists (``glip_<variant>.tsv``; where they are looked for:
+reference_data.py): every listed key with its shape, the ``module.`` prefix, plus ``model_ema``, ``optimizer``,
+``scheduler`` and ``iteration`` entries like a released file. GLIP-T(C) gets real random tensors and goes through the whole
 GLIPCheckpointer path; the layout of T(A), T(C) and L is checked with one distinct constant per key (stored as
 zero-stride tensors, so even GLIP-L costs no memory) loaded strictly into a weight-free skeleton.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_data import official_key_list, requires_official_keys
 
 import glip_d2  # noqa: F401
 from glip_d2 import model_zoo
@@ -36,21 +37,8 @@ from glip_d2.checkpoint.cli import convert_file
 from glip_d2.checkpoint.skeleton import build_model_uninitialized, build_skeleton
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS_DIR = REPO.parent / "shared" / "design" / "official_keys"
 
 VARIANTS = {"T_A": ("GLIP-T_A", "GLIP-T(A)"), "T_C": ("GLIP-T_C", "GLIP-T"), "L": ("GLIP-L", "GLIP-L")}
-
-
-def official_keys(variant):
-    """[(key, shape, dtype)] of the official model, prefix-free, from the generated key list (skip if absent)."""
-    if not KEYS_DIR.is_dir():
-        pytest.skip(f"official key lists not found at {KEYS_DIR}")
-    out = []
-    for line in (KEYS_DIR / f"glip_{variant}.tsv").read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        shape = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-        out.append((key, shape, getattr(torch, dtype.replace("torch.", ""))))
-    return out
 
 
 def random_tensor(key, shape, dtype):
@@ -69,7 +57,7 @@ def constant_tensor(value, shape, dtype):
 def official_checkpoint(variant, values="constant", drop=(), extra=()):
     """A released-file-like dict. values: 'constant' (key index + 1, stride 0) or 'random' (per-key seed)."""
     model = OrderedDict()
-    for i, (key, shape, dtype) in enumerate(official_keys(variant)):
+    for i, (key, shape, dtype) in enumerate(official_key_list(variant)):
         if key in drop:
             continue
         t = random_tensor(key, shape, dtype) if values == "random" else constant_tensor(i + 1, shape, dtype)
@@ -96,6 +84,7 @@ def zoo_cfg(name):
 
 
 # ------------------------------------------------------------------------------------------------ layout
+@requires_official_keys
 @pytest.mark.parametrize("variant", ["T_A", "T_C", "L"])
 def test_every_official_tensor_lands_on_its_glip_d2_parameter(variant):
     zoo_name, arch_name = VARIANTS[variant]
@@ -109,7 +98,7 @@ def test_every_official_tensor_lands_on_its_glip_d2_parameter(variant):
 
     skeleton = build_skeleton(zoo_cfg(zoo_name))
     skeleton.load_state_dict(result.state_dict, strict=True, assign=True)  # raises on any missing/extra/shape
-    index = {key: i + 1 for i, (key, _, _) in enumerate(official_keys(variant))}
+    index = {key: i + 1 for i, (key, _, _) in enumerate(official_key_list(variant))}
     params = dict(skeleton.named_parameters())
     assert set(params) == set(result.state_dict)  # every parameter comes from the checkpoint
     for src, dst in result.mapped:
@@ -149,6 +138,7 @@ def test_tower_index_arithmetic_and_part_names():
 
 
 # ----------------------------------------------------------------------------------------- mismatches
+@requires_official_keys
 def test_unknown_official_key_is_listed_and_can_be_ignored_explicitly():
     extra = ["rpn.head.mlm_head.decoder.weight", "rpn.tunable_linear.weight"]
     ckpt = official_checkpoint("T_A", extra=extra)
@@ -159,6 +149,7 @@ def test_unknown_official_key_is_listed_and_can_be_ignored_explicitly():
     assert {k for k, why in result.dropped if why == "ignored on request"} == set(extra)
 
 
+@requires_official_keys
 def test_missing_and_wrong_variant_are_reported_in_both_directions():
     template = build_skeleton(zoo_cfg("GLIP-T_C")).state_dict()
     missing = convert_official_checkpoint(official_checkpoint("T_C", drop={"rpn.head.bbox_pred.weight"}))
@@ -198,7 +189,7 @@ def assert_holds_official_constants(model, variant, arch_name):
     """Every parameter equals the constant (key index + 1) of the official tensor it came from."""
     state = model.state_dict()
     covered = set()
-    for i, (key, _, _) in enumerate(official_keys(variant)):
+    for i, (key, _, _) in enumerate(official_key_list(variant)):
         new, _ = map_official_key(key, KNOWN_ARCHITECTURES[arch_name])
         if new is not None:
             t = state[new].reshape(-1)
@@ -207,6 +198,7 @@ def assert_holds_official_constants(model, variant, arch_name):
     assert covered == {n for n, _ in model.named_parameters()}
 
 
+@requires_official_keys
 def test_official_file_loads_through_checkpointer_model_entry_only(ta_model, tmp_path, caplog):
     path = tmp_path / "glip_a_tiny_o365.pth"
     torch.save(official_checkpoint("T_A"), path)
@@ -217,6 +209,7 @@ def test_official_file_loads_through_checkpointer_model_entry_only(ta_model, tmp
     assert_holds_official_constants(ta_model, "T_A", "GLIP-T(A)")
 
 
+@requires_official_keys
 def test_checkpointer_refuses_wrong_variant_and_missing_keys_without_touching_the_model(ta_model, tmp_path):
     with torch.no_grad():
         ta_model.head.bbox_pred.weight.fill_(3.0)
@@ -232,6 +225,7 @@ def test_checkpointer_refuses_wrong_variant_and_missing_keys_without_touching_th
     assert (ta_model.head.bbox_pred.weight == 3.0).all()
 
 
+@requires_official_keys
 @pytest.mark.slow
 def test_random_tc_file_loads_exactly_and_survives_save_load(tmp_path, caplog):
     """Full scale with real random values: GLIP-T(C) official file -> model -> save -> load (0.9 GB each)."""
@@ -244,7 +238,7 @@ def test_random_tc_file_loads_exactly_and_survives_save_load(tmp_path, caplog):
     path.unlink()
     state = model.state_dict()
     covered = set()
-    for key, shape, dtype in official_keys("T_C"):
+    for key, shape, dtype in official_key_list("T_C"):
         new, _ = map_official_key(key, KNOWN_ARCHITECTURES["GLIP-T"])
         if new is not None:
             assert torch.equal(state[new], random_tensor(key, shape, dtype)), key
@@ -264,6 +258,7 @@ def test_random_tc_file_loads_exactly_and_survives_save_load(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------------------------------- the CLI
+@requires_official_keys
 def test_converted_file_has_provenance_loads_strictly_and_round_trips_exactly(tmp_path, ta_model):
     import hashlib
 
@@ -296,6 +291,7 @@ def test_converted_file_has_provenance_loads_strictly_and_round_trips_exactly(tm
     assert all(v.reshape(-1)[0].item() == -7 for v in ema.result.state_dict.values())
 
 
+@requires_official_keys
 def test_cli_refuses_and_lists_keys_in_both_directions(tmp_path, capsys):
     from glip_d2.checkpoint.cli import main
 
@@ -310,6 +306,7 @@ def test_cli_refuses_and_lists_keys_in_both_directions(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.pth"]  # nothing written, no temp file
 
 
+@requires_official_keys
 @pytest.mark.slow
 def test_cli_script_runs_as_a_program(tmp_path):
     src = tmp_path / "glip_a_tiny_o365.pth"
@@ -323,6 +320,7 @@ def test_cli_script_runs_as_a_program(tmp_path):
     assert load_checkpoint_file(str(tmp_path / "out.pth"))[CONVERSION_INFO_KEY]["variant"] == "GLIP-T(A)"
 
 
+@requires_official_keys
 def test_cli_check_prints_the_mapping(tmp_path, capsys):
     from glip_d2.checkpoint.cli import main
 
@@ -362,6 +360,7 @@ def test_file_that_would_execute_code_is_refused(tmp_path, suffix):
     assert not marker.exists()
 
 
+@requires_official_keys
 def test_truncated_empty_and_foreign_files_give_clear_errors(tmp_path):
     good = tmp_path / "good.pth"
     torch.save(official_checkpoint("T_A"), good)

@@ -1,4 +1,4 @@
-"""Config defaults must equal the official GLIP-T(C) values (GLIP_REFERENCE.md §1–§5)."""
+"""Config defaults must equal the official GLIP-T(C) values (model, anchors and losses, inference, prompts, solver)."""
 import math
 
 import pytest
@@ -13,7 +13,7 @@ def cfg():
 
 
 REFERENCE_VALUES = {
-    # §1.4 language backbone
+    # language backbone
     "MODEL.LANGUAGE.MODEL_NAME": "bert-base-uncased",
     "MODEL.LANGUAGE.HIDDEN_DIM": 768,
     "MODEL.LANGUAGE.MAX_QUERY_LEN": 256,
@@ -21,7 +21,7 @@ REFERENCE_VALUES = {
     "MODEL.LANGUAGE.NUM_LAYERS": 1,
     "MODEL.LANGUAGE.FREEZE": False,
     "MODEL.LANGUAGE.MASK_SPECIAL": False,
-    # §1.5.1 fusion
+    # fusion
     "MODEL.FUSION.TYPE": "MHA-B",
     "MODEL.FUSION.EMBED_DIM": 2048,
     "MODEL.FUSION.NUM_HEADS": 8,
@@ -31,7 +31,7 @@ REFERENCE_VALUES = {
     "MODEL.FUSION.CLAMP_MAX_FOR_OVERFLOW": True,
     "MODEL.FUSION.STABLE_SOFTMAX_2D": False,
     "MODEL.FUSION.CLAMP_BERTATTN": True,
-    # §1.5.4 DyHead
+    # DyHead
     "MODEL.DYHEAD.CHANNELS": 256,
     "MODEL.DYHEAD.NUM_CONVS": 6,
     "MODEL.DYHEAD.GN_GROUPS": 16,
@@ -45,7 +45,7 @@ REFERENCE_VALUES = {
     "MODEL.GLIP.CLAMP_DOT_PRODUCT": True,
     "MODEL.GLIP.TOKEN_ALPHA": 0.25,
     "MODEL.GLIP.TOKEN_GAMMA": 2.0,
-    # §1.2 Swin-T
+    # Swin-T
     "MODEL.SWIN.EMBED_DIM": 96,
     "MODEL.SWIN.DEPTHS": [2, 2, 6, 2],
     "MODEL.SWIN.NUM_HEADS": [3, 6, 12, 24],
@@ -53,24 +53,24 @@ REFERENCE_VALUES = {
     "MODEL.SWIN.DROP_PATH_RATE": 0.2,
     "MODEL.SWIN.APE": False,
     "MODEL.SWIN.FREEZE_AT": -1,
-    # §1.3 FPN
+    # FPN
     "MODEL.FPN.OUT_CHANNELS": 256,
     "MODEL.FPN.DROP_BLOCK": True,
     "MODEL.FPN.DROP_BLOCK_PROB": 0.3,
     "MODEL.FPN.DROP_BLOCK_SIZE": 3,
-    # §3.1–§3.4 anchors, coder, ATSS, losses
+    # anchors, coder, ATSS, losses
     "MODEL.ATSS.ANCHOR_SIZES": [64, 128, 256, 512, 1024],
     "MODEL.ATSS.ANCHOR_STRIDES": [8, 16, 32, 64, 128],
     "MODEL.ATSS.ASPECT_RATIOS": [1.0],
     "MODEL.ATSS.TOPK": 9,
     "MODEL.ATSS.BBOX_REG_WEIGHTS": [10.0, 10.0, 5.0, 5.0],
     "MODEL.ATSS.REG_LOSS_WEIGHT": 2.0,
-    # §4 inference
+    # inference
     "MODEL.ATSS.INFERENCE_TH": 0.05,
     "MODEL.ATSS.PRE_NMS_TOP_N": 1000,
     "MODEL.ATSS.NMS_TH": 0.6,
     "MODEL.ATSS.DETECTIONS_PER_IMG": 100,
-    # §5 prompts
+    # prompts
     "INPUT.PROMPT.SEPARATOR": ". ",
     "INPUT.PROMPT.DEMO_SEPARATOR": " . ",
     "INPUT.PROMPT.CHUNK_SIZE": 40,
@@ -78,7 +78,7 @@ REFERENCE_VALUES = {
     "INPUT.PROMPT.FULL_NEGATIVE_PROB": 0.5,
     "INPUT.RESIZE_TRUNCATE": True,
     "INPUT.FLIP_PROB_TRAIN": 0.5,
-    # §3.5 solver
+    # solver
     "SOLVER.OPTIMIZER": "ADAMW",
     "SOLVER.LANG_LR": 1e-5,
 }

@@ -69,9 +69,11 @@ def test_glip_t_inference_on_cuda_matches_cpu():
     h, w = image.shape[-2:]
     inputs = [dict(prompt, image=image, height=2 * h, width=2 * w)]
     with torch.no_grad():
-        cpu_out, cpu = model.inference(inputs, return_intermediates=True)
+        with model.stage_outputs() as cpu:
+            cpu_out = model.inference(inputs)
         model.to(GPU)
-        gpu_out, gpu = model.inference(inputs, return_intermediates=True)
+        with model.stage_outputs() as gpu:
+            gpu_out = model.inference(inputs)
     diffs = {
         "fpn": _levels(gpu["backbone"]["fpn"], cpu["backbone"]["fpn"]),
         "language": _rel(gpu["language"]["backbone_hidden"], cpu["language"]["backbone_hidden"]),

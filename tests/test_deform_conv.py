@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from torchvision.ops import deform_conv2d
 
 from glip_d2 import add_glip_config
-from glip_d2.modeling.deform_conv import deform_conv2d_gather, resolve_deform_impl
+from glip_d2.layers.deform_conv import deform_conv2d_gather, resolve_deform_impl
 from glip_d2.modeling.dyhead import DyConv
 
 CASES = {  # (B, C_in, C_out, H, W, stride, padding, dilation, offset scale)

@@ -79,7 +79,7 @@ def test_agnostic_nms_keeps_the_best_phrase_per_region():
     from detectron2.structures import Boxes, Instances
 
     from glip_d2.engine.best_phrase import keep_best_phrase_per_region
-    from glip_d2.modeling.meta_arch import PhraseList
+    from glip_d2.structures import PhraseList
 
     inst = Instances((100, 100))
     inst.pred_boxes = Boxes(torch.tensor([

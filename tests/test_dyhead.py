@@ -1,36 +1,30 @@
 """DyConv, DyReLU and the VL tower against hand-written formulations and the official GLIP-T(C) run.
 
 The deformable conv is checked against a loop transcription of the official CUDA kernel's index arithmetic
-(per-image flat offset/mask buffers, zero-outside bilinear sampling), which is what makes the coarser-level
-offset reuse (P1) well defined.
+(per-image flat offset/mask buffers, zero-outside bilinear sampling), which is what makes the official reuse of
+a level's offsets on the coarser level (read as a flat prefix of the buffer) well defined.
 """
-import json
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
+from reference_data import (
+    load_reference,
+    official_key_list,
+    official_reference_weights,
+    requires_official_keys,
+    requires_reference,
+)
 from torchvision.ops import deform_conv2d
 
 from glip_d2 import add_glip_config
-from glip_d2.modeling.dyhead import (
-    DyConv,
-    DyReLU,
-    VLDyHeadBlock,
-    VLTower,
-    kernel_view,
-    modulated_deform_conv,
-)
+from glip_d2.layers.modulated_deform_conv import kernel_view, modulated_deform_conv
+from glip_d2.modeling.dyhead import DyConv, DyReLU
 from glip_d2.modeling.fusion import BiAttentionFusion, ClampedBertLayer
-
-REF_DIR = "/work/shared/design/reference"
-REF_FILE = os.path.join(REF_DIR, "astronaut.pt")
-KEYS_FILE = "/work/shared/design/official_keys/glip_T_C.tsv"
-needs_reference = pytest.mark.skipif(not os.path.exists(REF_FILE), reason="official reference run not available")
+from glip_d2.modeling.vl_tower import VLDyHeadBlock, VLTower
 
 
 # ----------------------------------------------------------------------------------------------- references
@@ -156,15 +150,8 @@ def _pyramid(seed=1, channels=4, sizes=((6, 6), (3, 3), (2, 2), (1, 1)), B=2, dt
 
 
 def _official_weights(prefix):
-    sys.path.insert(0, REF_DIR)
-    try:
-        from make_weights import make_weight
-    finally:
-        sys.path.remove(REF_DIR)
-    with open(os.path.join(REF_DIR, "weights_manifest.json")) as f:
-        entries = json.load(f)["entries"]
-    return {e["key"][len(prefix):]: make_weight(e["key"], e["shape"], e["rule"])
-            for e in entries if e["key"].startswith(prefix)}
+    """The reference run's weights of the official keys under ``prefix``, with ``prefix`` removed."""
+    return {k[len(prefix):]: v for k, v in official_reference_weights(prefix).items()}
 
 
 _DYCONV_NAMES = [("DyConv.0.bn.", "coarser_conv.norm."), ("DyConv.1.bn.", "same_conv.norm."),
@@ -174,7 +161,7 @@ _DYCONV_NAMES = [("DyConv.0.bn.", "coarser_conv.norm."), ("DyConv.1.bn.", "same_
 
 
 def official_dyconv_state(prefix):
-    """Official DyConv weights renamed to ours (docs/CONTRACTS.md)."""
+    """Official DyConv weights renamed to ours (docs/architecture.md)."""
     out = {}
     for k, v in _official_weights(prefix).items():
         old, new = next((a, b) for a, b in _DYCONV_NAMES if k.startswith(a))
@@ -371,17 +358,15 @@ def test_tower_structure_from_config():
         VLTower(cfg)
 
 
-@pytest.mark.skipif(not os.path.exists(KEYS_FILE), reason="official key list not available")
+@requires_official_keys
 def test_one_default_block_has_the_official_parameters():
     cfg = add_glip_config(get_cfg())
     cfg.MODEL.DYHEAD.NUM_CONVS = 1
     tower = VLTower(cfg)
     official = {}
-    with open(KEYS_FILE) as f:
-        for line in f:
-            key, shape = line.split("\t")[:2]
-            if key.split(".")[:3] == ["rpn", "head", "dyhead_tower"] and key.split(".")[3] in ("0", "1", "2"):
-                official[key] = math.prod(int(s) for s in shape.strip("()").split(",") if s.strip())
+    for key, shape, _dtype in official_key_list("T_C"):
+        if key.split(".")[:3] == ["rpn", "head", "dyhead_tower"] and key.split(".")[3] in ("0", "1", "2"):
+            official[key] = math.prod(shape)
     ours = {k: v.numel() for k, v in tower.state_dict().items()}
     assert len(ours) == len(official) == 54
     assert sum(ours.values()) == sum(official.values())  # 15.3 M per fused block
@@ -426,10 +411,10 @@ def test_checkpointing_gives_the_same_gradients():
 # ----------------------------------------------------------------------------------------------- official run
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(REF_FILE, weights_only=False)
+    return load_reference()
 
 
-@needs_reference
+@requires_reference
 def test_dyconv_block5_matches_official_run(reference):
     m = DyConv(channels=256).eval()
     m.load_state_dict(official_dyconv_state("rpn.head.dyhead_tower.17."))
@@ -440,7 +425,7 @@ def test_dyconv_block5_matches_official_run(reference):
     assert worst < 1e-3, worst  # README tolerance; measured ~1.5e-6
 
 
-@needs_reference
+@requires_reference
 @pytest.mark.slow
 def test_whole_tower_matches_official_run_block_by_block(reference):
     blocks = []

@@ -3,14 +3,18 @@
 Reference formulations here are written independently: explicit loops over heads, levels and positions, float64,
 with each clamp switchable so that every clamp is shown to matter.
 """
-import json
 import math
-import os
-import sys
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from reference_data import (
+    load_reference,
+    official_key_list,
+    official_keys_available,
+    official_reference_weights,
+    requires_reference,
+)
 
 from glip_d2 import add_glip_config
 from glip_d2.modeling.fusion import (
@@ -20,9 +24,6 @@ from glip_d2.modeling.fusion import (
     build_fusion,
 )
 
-REF_DIR = "/work/shared/design/reference"
-REF_FILE = os.path.join(REF_DIR, "astronaut.pt")
-KEYS_FILE = "/work/shared/design/official_keys/glip_T_C.tsv"
 CLAMP = 50000.0
 
 
@@ -108,24 +109,15 @@ def fusion_reference(m, visual, hidden, mask, clamp=True):
 
 
 def _official_weights(prefix):
-    """Deterministic official-named weights of the reference run (GLIP_REFERENCE reference/make_weights.py)."""
-    sys.path.insert(0, REF_DIR)
-    try:
-        from make_weights import make_weight
-    finally:
-        sys.path.remove(REF_DIR)
-    with open(os.path.join(REF_DIR, "weights_manifest.json")) as f:
-        entries = json.load(f)["entries"]
-    return {e["key"][len(prefix):]: make_weight(e["key"], e["shape"], e["rule"])
-            for e in entries if e["key"].startswith(prefix)}
+    """Deterministic official-named weights of the reference run (its make_weights.py), ``prefix`` removed."""
+    return {k[len(prefix):]: v for k, v in official_reference_weights(prefix).items()}
 
 
 def official_suffixes(prefix):
-    """Official GLIP-T(C) state-dict keys under ``prefix`` (prefix removed), or None without the key list."""
-    if not os.path.exists(KEYS_FILE):
+    """Official GLIP-T(C) state-dict keys under ``prefix`` (prefix removed), or None without the key lists."""
+    if not official_keys_available():
         return None
-    with open(KEYS_FILE) as f:
-        return {line.split("\t")[0][len(prefix):] for line in f if line.startswith(prefix)}
+    return {key[len(prefix):] for key, _shape, _dtype in official_key_list("T_C") if key.startswith(prefix)}
 
 
 def _sample(t):
@@ -141,12 +133,9 @@ def _rel_diff(out, ref):
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
-needs_reference = pytest.mark.skipif(not os.path.exists(REF_FILE), reason="official reference run not available")
-
-
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(REF_FILE, weights_only=False)
+    return load_reference()
 
 
 # ----------------------------------------------------------------------------------------------- fusion
@@ -244,7 +233,9 @@ def test_residual_is_added_to_normalised_inputs():
         m.gamma_v.zero_()
         m.gamma_l.zero_()
         v_out, lang = m(visual, {"hidden": hidden, "masks": mask})
-    for a, x in zip(v_out, visual):  # gamma = 0: exactly the per-position LayerNorm of the input (P3)
+    # gamma = 0: exactly the per-position LayerNorm of the input (the official residual is added to the
+    # normalised features, not to the raw ones)
+    for a, x in zip(v_out, visual):
         expected = _layer_norm(x.permute(0, 2, 3, 1), m.layer_norm_v).permute(0, 3, 1, 2)
         torch.testing.assert_close(a, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(lang["hidden"], _layer_norm(hidden, m.layer_norm_l), rtol=0, atol=1e-12)
@@ -286,7 +277,7 @@ def test_fusion_rejects_bad_inputs():
         m([], {"hidden": hidden, "masks": mask})
 
 
-@needs_reference
+@requires_reference
 def test_fusion_block0_matches_official_run(reference):
     m = BiAttentionFusion(v_dim=256, l_dim=768).eval()
     m.load_state_dict(_official_weights("rpn.head.dyhead_tower.0.b_attn."))
@@ -423,7 +414,7 @@ def test_bert_layer_padding_is_invisible_to_tokens():
     torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
 
 
-@needs_reference
+@requires_reference
 def test_bert_layer_block5_matches_official_run(reference):
     layer = ClampedBertLayer(hidden_dim=768).eval()
     layer.load_state_dict(_official_weights("rpn.head.dyhead_tower.16."))

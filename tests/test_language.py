@@ -1,25 +1,21 @@
 """HF BERT language encoder and tokenizer: official tokenisation, output definitions, freezing, errors, fidelity."""
-import importlib.util
-import json
 import os
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from reference_data import load_reference, official_reference_weights, requires_reference
 
 from glip_d2 import add_glip_config
+from glip_d2.checkpoint import KNOWN_ARCHITECTURES, map_official_key, official_state_dict
 from glip_d2.modeling.language import (
-    EMBEDDED_MINILM,
     LANGUAGE_ENCODER_REGISTRY,
     HFBertEncoder,
     build_language_encoder,
-    build_tokenizer,
-    rename_official_language_key,
-    resolve_language_model_name,
 )
+from glip_d2.tokenization import EMBEDDED_MINILM, build_tokenizer, resolve_language_model_name
 
-REFERENCE_DIR = "/work/shared/design/reference"
-REFERENCE_PT = os.path.join(REFERENCE_DIR, "astronaut.pt")
+GLIP_T = KNOWN_ARCHITECTURES["GLIP-T"]
 CAPTION = "person. flag. rocket. face"
 # bert-base-uncased ids: [CLS] person . flag . rocket . face [SEP]
 CAPTION_IDS = [101, 2711, 1012, 5210, 1012, 7596, 1012, 2227, 102]
@@ -156,19 +152,27 @@ def test_random_init_bert_base_is_offline_with_official_parameter_count():
 
 
 def test_official_language_key_renaming():
-    r = rename_official_language_key
-    assert r("module.language_backbone.body.model.encoder.layer.11.output.dense.weight") == \
-        "language_encoder.model.encoder.layer.11.output.dense.weight"
+    """The checkpoint converter's key map (the one official -> glip_d2 map) on text-encoder keys."""
+    def r(key):
+        return map_official_key(key, GLIP_T)  # (glip_d2 key, None) or (None, why it is dropped)
+
+    # the ``module.`` prefix of a DDP-saved file is stripped before mapping
+    key = "module.language_backbone.body.model.encoder.layer.11.output.dense.weight"
+    stripped = official_state_dict({"model": {key: torch.zeros(1)}})
+    assert list(stripped) == [key[len("module."):]]
+    assert r(next(iter(stripped))) == ("language_encoder.model.encoder.layer.11.output.dense.weight", None)
     assert r("language_backbone.body.model.embeddings.word_embeddings.weight") == \
-        "language_encoder.model.embeddings.word_embeddings.weight"
-    assert r("language_backbone.body.model.embeddings.position_ids") is None
-    assert r("language_backbone.body.model.pooler.dense.weight") is None
-    assert r("backbone.body.norm1.weight") is None
+        ("language_encoder.model.embeddings.word_embeddings.weight", None)
+    for dropped in ("language_backbone.body.model.embeddings.position_ids",
+                    "language_backbone.body.model.pooler.dense.weight"):
+        new, reason = r(dropped)
+        assert new is None and reason, dropped  # dropped, with a reason (recomputed / unused)
+    assert r("backbone.body.norm1.weight") == ("backbone.bottom_up.norm1.weight", None)  # not a text-encoder key
 
 
-@pytest.mark.skipif(not os.path.exists(REFERENCE_PT), reason="official reference outputs not available")
+@requires_reference
 def test_bert_base_reproduces_official_tokens_and_hidden_states():
-    ref = torch.load(REFERENCE_PT, weights_only=False)
+    ref = load_reference()
     cfg = add_glip_config(get_cfg())
     cfg.MODEL.LANGUAGE.PRETRAINED = False
     enc = build_language_encoder(cfg).eval()
@@ -177,16 +181,11 @@ def test_bert_base_reproduces_official_tokens_and_hidden_states():
     assert torch.equal(batch["input_ids"], ref["inputs"]["input_ids"])
     assert torch.equal(batch["attention_mask"], ref["inputs"]["attention_mask"])
 
-    spec = importlib.util.spec_from_file_location("glip_ref_make_weights", os.path.join(REFERENCE_DIR, "make_weights.py"))
-    make_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_weights)
-    with open(os.path.join(REFERENCE_DIR, "weights_manifest.json")) as f:
-        entries = json.load(f)["entries"]
     state = {}
-    for e in entries:
-        new = rename_official_language_key(e["key"])
-        if new is not None and e.get("generated", True):
-            state[new[len("language_encoder."):]] = make_weights.make_weight(e["key"], e["shape"], e["rule"])
+    for key, value in official_reference_weights("language_backbone.").items():
+        new, _ = map_official_key(key, GLIP_T)
+        if new is not None:
+            state[new[len("language_encoder."):]] = value
     enc.load_state_dict(state, strict=True)
     with torch.no_grad():
         out = enc(batch["input_ids"], batch["attention_mask"])

@@ -8,9 +8,9 @@ import torch
 import torch.multiprocessing as mp
 
 import glip_d2  # noqa: F401  (shims)
-from glip_d2.modeling.atss import ATSSMatcher
-from glip_d2.modeling.box_coder import GLIPBoxCoder
-from glip_d2.modeling.losses import (
+from glip_d2.modeling.dense_heads.atss import ATSSMatcher
+from glip_d2.modeling.dense_heads.box_coder import GLIPBoxCoder
+from glip_d2.modeling.dense_heads.losses import (
     GLIPLoss,
     build_token_targets,
     centerness_targets,
@@ -87,7 +87,7 @@ def test_token_targets_noobj_slot_and_width():
 def _one_level_setup():
     """4x4 grid of 16-px anchors (stride 8); GT [5,6,20,21] -> with topk 3 only anchor 5 is positive
     (hand-computed in test_box_coder_atss.py)."""
-    from glip_d2.modeling.anchor_generator import GLIPAnchorGenerator
+    from glip_d2.modeling.dense_heads.anchor_generator import GLIPAnchorGenerator
 
     anchors = GLIPAnchorGenerator(sizes=[16], strides=[8])([torch.zeros(1, 1, 4, 4)])
     gt = torch.tensor([[5.0, 6.0, 20.0, 21.0]])

@@ -74,7 +74,7 @@ def coco_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from glip_d2.modeling.language.build import build_tokenizer
+    from glip_d2.tokenization import build_tokenizer
 
     return build_tokenizer(_cfg())
 

@@ -1,6 +1,4 @@
 """The GLIP meta-architecture on the tiny CPU config, and the grounding head against the official reference."""
-import importlib.util
-import json
 import math
 import os
 
@@ -11,33 +9,28 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
+from reference_data import load_reference, official_reference_weights, requires_reference
 
 import glip_d2
-from glip_d2.modeling.grounding_head import GroundingHead
+from glip_d2.modeling.dense_heads.grounding_head import GroundingHead
 
-REF_DIR = "/work/shared/design/reference"
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules", "Base-GLIP-tiny.yaml")
 
 
 # ---- grounding head vs the official reference -------------------------------------------------------------------
-@pytest.mark.skipif(not os.path.exists(os.path.join(REF_DIR, "astronaut.pt")), reason="reference not available")
+@requires_reference
 def test_grounding_head_matches_official_reference():
     """Official GLIP-T(C) head inputs (tower block 5 output, fused text) and its generated head weights ->
     the official per-level box deltas, centerness and region-token logits (README tolerances)."""
-    spec = importlib.util.spec_from_file_location("make_weights", os.path.join(REF_DIR, "make_weights.py"))
-    make_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_weights)
-    with open(os.path.join(REF_DIR, "weights_manifest.json")) as f:
-        rules = {e["key"]: e for e in json.load(f)["entries"]}
-    ref = torch.load(os.path.join(REF_DIR, "astronaut.pt"), weights_only=False)
+    ref = load_reference()
 
     head = GroundingHead(in_channels=256, lang_dim=768)
     state = {}
     for name, tensor in head.state_dict().items():
         official = "rpn.head." + name.replace("text_proj.", "dot_product_projection_text.")
-        entry = rules[official]
-        assert tuple(entry["shape"]) == tuple(tensor.shape)
-        state[name] = make_weights.make_weight(official, entry["shape"], entry["rule"])
+        weight = official_reference_weights(official)[official]  # the manifest's shape and rule
+        assert tuple(weight.shape) == tuple(tensor.shape)
+        state[name] = weight
     head.load_state_dict(state)
     with torch.no_grad():
         out = head(ref["tower"][5]["dyconv_visual"], ref["language"]["fused_hidden"])
@@ -223,14 +216,16 @@ def test_chunked_prompts_run_backbone_once_and_merge(tiny_model):
     assert len(merged[1]["instances"]) > 0
 
 
-def test_return_intermediates_layout(tiny_model):
+def test_stage_outputs_layout(tiny_model):
     model = tiny_model
     model.eval()
     batch = _batch(model)
     with torch.no_grad():
         model.head.bias0.fill_(6.0)
         try:
-            results, inter = model.inference(batch, return_intermediates=True)
+            with model.stage_outputs() as inter:
+                results = model.inference(batch)
+            assert model._stage_record is None  # recording stops with the block
         finally:
             model.head.bias0.fill_(-math.log(99))
     assert inter["inputs"]["image_tensor_padded"].shape[-2:] == (96, 96)  # max size (80, 96), padded to 32
@@ -265,8 +260,8 @@ def _drawn_record(model):
 
 def _centerness_floor(model, rec) -> float:
     """Lowest possible centerness loss: the mean binary entropy of the ATSS positives' soft targets."""
-    from glip_d2.modeling.box_coder import continuous_to_legacy
-    from glip_d2.modeling.losses import centerness_targets
+    from glip_d2.modeling.dense_heads.losses import centerness_targets
+    from glip_d2.structures.legacy_boxes import continuous_to_legacy
 
     with torch.no_grad():
         feats = model.extract_features(model.preprocess_image([rec]))

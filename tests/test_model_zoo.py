@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.utils.file_io import PathManager
+from reference_data import requires_official_keys
 
 import glip_d2  # noqa: F401
 from glip_d2 import model_zoo
@@ -166,16 +167,11 @@ def test_get_returns_a_ready_model_from_zoo_weights(offline, monkeypatch, tmp_pa
         assert torch.equal(v, expected[k]), k
 
 
+@requires_official_keys
 def test_get_converts_an_official_file_on_the_fly(offline):
     """glip_d2://GLIP-T_A served from the cache as an official-format file (one constant per key)."""
-    from test_checkpoint import (
-        KEYS_DIR,
-        assert_holds_official_constants,
-        official_checkpoint,
-    )
+    from test_checkpoint import assert_holds_official_constants, official_checkpoint
 
-    if not KEYS_DIR.is_dir():
-        pytest.skip(f"official key lists not found at {KEYS_DIR}")
     path = offline.parent / "official.pth"
     torch.save(official_checkpoint("T_A"), path)
     put_in_hf_cache(offline, "GLIPModel/GLIP", "glip_a_tiny_o365.pth", path.read_bytes())

@@ -1,16 +1,14 @@
 """Post-processing on hand-made head outputs, the "+1" NMS, and the official reference detections."""
 import math
-import os
 
 import pytest
 import torch
 import torchvision
+from reference_data import load_reference, requires_reference
 
 import glip_d2  # noqa: F401  (shims)
-from glip_d2.modeling.box_coder import GLIPBoxCoder
-from glip_d2.modeling.postprocess import GLIPPostProcessor, legacy_batched_nms, token_to_label_scores
-
-REFERENCE = "/work/shared/design/reference/astronaut.pt"
+from glip_d2.modeling.dense_heads.box_coder import GLIPBoxCoder
+from glip_d2.modeling.dense_heads.postprocess import GLIPPostProcessor, legacy_batched_nms, token_to_label_scores
 
 
 def _logit(p: float) -> float:
@@ -108,11 +106,11 @@ def _canonical(boxes, scores, labels):
     return boxes[order], scores[order], labels[order]
 
 
-@pytest.mark.skipif(not os.path.exists(REFERENCE), reason="official reference file not available")
+@requires_reference
 def test_official_reference_detections():
     """Official head outputs of GLIP-T(C) on the astronaut image -> the official pre-NMS candidates and the 100
     final detections (as sets). Many pairs sit at IoU ~0.6 there, so this pins down the +1 NMS."""
-    ref = torch.load(REFERENCE, weights_only=False)
+    ref = load_reference()
     head = ref["head"]
     pp = GLIPPostProcessor(box_coder=GLIPBoxCoder())
     det = pp(head["bbox_reg"], head["centerness"], head["dot_product_logits"], ref["anchors"], [(320, 320)],

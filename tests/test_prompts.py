@@ -6,12 +6,12 @@ import random
 
 import pytest
 
+from glip_d2.data.phrase_extraction import extract_noun_phrases
 from glip_d2.data.prompts import (
     BACKGROUND_LABEL,
     build_caption,
     clean_name,
     demo_prompt,
-    extract_noun_phrases,
     free_text_prompt,
     grounding_phrases,
     sample_detection_prompt,

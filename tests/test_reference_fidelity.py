@@ -1,4 +1,4 @@
-"""glip_d2 against the official GLIP-T(C), stage by stage (``shared/design/reference/README.md``).
+"""glip_d2 against the official GLIP-T(C), stage by stage (the reference folder's ``README.md``).
 
 The official outputs in ``astronaut.pt`` were computed by microsoft/GLIP on CPU with deterministic weights
 (``make_weights.py`` + ``weights_manifest.json``). Here the same weights are generated in the official format
@@ -6,35 +6,33 @@ The official outputs in ``astronaut.pt`` were computed by microsoft/GLIP on CPU 
 (config GLIP-T_C, random-free: every parameter comes from the file) and run on the same photo and prompt through
 glip_d2's own test mapper (resize, prompt from class names, positive map) and tokenizer. Every stage is compared
 with the README's tolerances; a stage that fails names the module that differs from the official one. Skipped
-when the reference folder is absent.
+when the reference folder is absent (where it is looked for, and ``GLIP_D2_REFERENCE_DIR`` to point at another
+copy: tests/reference_data.py). The per-stage differences are printed in the terminal summary (conftest.py).
 
-``GLIP_D2_REFERENCE_DIR`` points at another copy of the reference folder; ``GLIP_D2_TEST_DEVICE=cuda`` runs the
-model on a GPU (TF32 off, so that the float32 tolerances still mean float32).
+``GLIP_D2_TEST_DEVICE=cuda`` runs the model on a GPU (TF32 off, so that the float32 tolerances still mean float32).
 """
-import importlib.util
-import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from reference_data import (
+    FIDELITY_REPORT_KEY,
+    load_reference,
+    official_reference_weights,
+    reference_manifest,
+    requires_reference,
+)
 
 import glip_d2  # noqa: F401
 from glip_d2 import model_zoo
 from glip_d2.checkpoint import compare_with_model, convert_official_checkpoint
 from glip_d2.checkpoint.skeleton import build_model_uninitialized
 
-REF_DIR = Path(os.environ.get("GLIP_D2_REFERENCE_DIR")
-               or Path(__file__).resolve().parents[2] / "shared" / "design" / "reference")
 DEVICE = os.environ.get("GLIP_D2_TEST_DEVICE", "cpu")
-REF_FILE = REF_DIR / "astronaut.pt"
 pytestmark = [
-    pytest.mark.skipif(
-        not (REF_FILE.is_file() and (REF_DIR / "make_weights.py").is_file()),
-        reason=f"official reference outputs not found in {REF_DIR}",
-    ),
+    requires_reference,
     pytest.mark.slow,  # a full GLIP-T forward on CPU (about 30 s on an idle 2-core machine)
 ]
 
@@ -79,15 +77,12 @@ def pairs(ref, ours):
 
 def official_weights():
     """The reference run's weights, regenerated from make_weights.py + the manifest, in official checkpoint form."""
-    spec = importlib.util.spec_from_file_location("glip_reference_make_weights", REF_DIR / "make_weights.py")
-    make_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_weights)
-    manifest = json.loads((REF_DIR / "weights_manifest.json").read_text())
+    weights = official_reference_weights()
     model = {}
-    for entry in manifest["entries"]:
+    for entry in reference_manifest()["entries"]:
         if not entry["generated"]:  # relative_position_index / cell_anchors: recomputed by glip_d2
             continue
-        t = make_weights.make_weight(entry["key"], entry["shape"], entry["rule"])
+        t = weights.pop(entry["key"])
         assert t.reshape(-1)[0].item() == entry["first"] and math.isclose(
             t.sum(dtype=torch.float64).item(), entry["sum"], rel_tol=1e-6, abs_tol=1e-6
         ), entry["key"]
@@ -123,14 +118,15 @@ def match_as_sets(ref: dict, ours: dict, box_tol: float, score_tol: float):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, pytestconfig):
     """Reference + glip_d2's outputs (with per-block tower captures) for the reference photo and prompt."""
     from detectron2.data import MetadataCatalog
     from PIL import Image
 
     from glip_d2.data.mapper import GroundingDatasetMapper
 
-    ref = torch.load(REF_FILE, map_location="cpu", weights_only=False)
+    pytestconfig.stash[FIDELITY_REPORT_KEY] = REPORT  # printed in the terminal summary (conftest.py)
+    ref = load_reference()
     meta = ref["meta"]
     cfg = model_zoo.get_config("GLIP-T_C", trained=False)
     cfg.MODEL.LANGUAGE.PRETRAINED = False
@@ -181,13 +177,15 @@ def run(tmp_path_factory):
         hooks += [block.fusion.register_forward_hook(fuse_hook), block.lang_layer.register_forward_hook(bert_hook),
                   block.dyconv.register_forward_hook(dyconv_hook)]
     with torch.no_grad():
-        outputs, inter = model.inference([inputs], return_intermediates=True)
+        with model.stage_outputs() as inter:
+            outputs = model.inference([inputs])
     for h in hooks:
         h.remove()
     return {"ref": ref, "ours": inter, "tower": tower, "resized_rgb": resized_rgb, "prompt": prompt,
             "outputs": outputs}
 
 
+#: {stage: (max |diff|, tolerance)} in the order the checks ran; conftest.py prints it at the end of the session.
 REPORT = {}
 
 
@@ -296,10 +294,3 @@ def test_final_detections_as_a_set(run):
     check("final boxes (original image)", box, TOL["box"] * scale, "GLIP._rescale")
     inst = run["outputs"][0]["instances"]
     assert inst.image_size == (512, 512) and len(inst) == len(ref_d["scores"])
-
-
-def test_zz_report(run):
-    """Print the per-stage maximum differences (shown with -s or -rP)."""
-    print("\nstage".ljust(41), "max|diff|", "tolerance")
-    for stage, (diff, tol) in REPORT.items():
-        print(f"{stage:<40} {diff:.3e}  {tol:.0e}")

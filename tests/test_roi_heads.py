@@ -15,16 +15,15 @@ from detectron2.utils.events import EventStorage
 from pycocotools import mask as mask_util
 
 from glip_d2 import add_glip_config
-from glip_d2.modeling.roi import (
+from glip_d2.modeling.proposal_generator import dense_head_proposals, dense_objectness
+from glip_d2.modeling.roi_heads import (
     GroundingFastRCNNOutputLayers,
+    GroundingROIHeads,
     LanguageAwareMaskHead,
     RegionTokenAlignment,
-    dense_head_proposals,
-    dense_objectness,
     phrase_mask_logits,
     token_targets,
 )
-from glip_d2.modeling.roi_heads import GroundingROIHeads
 
 D = 12  # token feature width in these tests
 L = 10  # tokens per prompt
@@ -696,7 +695,7 @@ def test_grounding_rcnn_config_is_checked():
 
 
 def test_fit_token_width():
-    from glip_d2.modeling.roi.rcnn import fit_token_width
+    from glip_d2.modeling.meta_arch.grounding_rcnn import fit_token_width
 
     m = torch.tensor([[0.0, 1, 0]])
     assert fit_token_width(m, 5).tolist() == [[0, 1, 0, 0, 0]]

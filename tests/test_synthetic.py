@@ -155,14 +155,20 @@ def test_300_images_generate_quickly(tmp_path):
 
 def test_register_loads_detectron2_dicts_and_is_idempotent(tmp_path):
     root = str(tmp_path / "syn")
-    names = S.register_synthetic(root, num_train=6, num_val=3, seed=1)
-    assert names == ["synthetic_train", "synthetic_val", "synthetic_train_text", "synthetic_val_text"]
+    names = S.register_synthetic(root, num_train=6, num_val=3, seed=1, num_test=2)
+    assert names == ["synthetic_train", "synthetic_val", "synthetic_train_text", "synthetic_val_text",
+                     "synthetic_test", "synthetic_test_text"]
     meta = MetadataCatalog.get("synthetic_train")
     assert meta.evaluator_type == "coco" and meta.thing_classes == list(S.CATEGORY_NAMES)
     assert os.path.exists(meta.json_file) and os.path.isdir(meta.image_root)
 
     dicts = DatasetCatalog.get("synthetic_train")
     assert len(dicts) == 6 and len(DatasetCatalog.get("synthetic_val")) == 3
+    # the held-out split is its own pictures, not a copy of val's
+    test_dicts = DatasetCatalog.get("synthetic_test")
+    assert len(test_dicts) == 2
+    val_boxes = [[a["bbox"] for a in d["annotations"]] for d in DatasetCatalog.get("synthetic_val")]
+    assert all([a["bbox"] for a in d["annotations"]] not in val_boxes for d in test_dicts)
     for d in dicts:
         assert os.path.exists(d["file_name"]) and d["caption"]
         for a in d["annotations"]:
@@ -177,8 +183,8 @@ def test_register_loads_detectron2_dicts_and_is_idempotent(tmp_path):
             assert d["phrase_boxes_eval"][a["phrase_ids"]] == [[x, y, x + w, y + h]]
 
     mtime = os.path.getmtime(os.path.join(root, "manifest.json"))
-    assert S.register_synthetic(root, num_train=6, num_val=3, seed=1) == names
-    assert not S.ensure_synthetic_dataset(root, 6, 3, 1)
+    assert S.register_synthetic(root, num_train=6, num_val=3, seed=1, num_test=2) == names
+    assert not S.ensure_synthetic_dataset(root, 6, 3, 1, num_test=2)
     assert os.path.getmtime(os.path.join(root, "manifest.json")) == mtime
 
     # Changed parameters: regenerated and re-registered.

@@ -1,4 +1,5 @@
-"""Char spans -> token positive maps: official char_to_token routine, fallbacks (P19), special tokens, errors."""
+"""Char spans -> token positive maps: official char_to_token routine and its fallbacks for spans that start or end
+on a space, special tokens, errors."""
 import os
 
 import pytest

@@ -13,6 +13,7 @@ import torch
 from tiny_trained import (
     CONFIG,
     REPO,
+    copypaste_blocks,
     copypaste_results,
     run_train_net,
     synthetic_root,
@@ -22,11 +23,11 @@ from tiny_trained import (
 from glip_d2.checkpoint.safe_load import load_checkpoint_file
 from glip_d2.engine.defaults import load_glip_cfg
 
-#: bbox AP50 / AP the quick schedule must reach on synthetic_val. Measured (800 iterations, 2 CPU cores, ~8.5 min):
-#: AP50 27.5, AP 15.8; nearby settings while tuning (LR decays at 67 %/89 %, official GIoU weight, log_scale init
-#: -3.0, batch 4 at 2e-4): AP50 18.7-25.1, AP 11.4-13.9. The schedule that bound no names (official log_scale init,
-#: LR 5e-4, 300 iterations) scored AP50 3.3 / AP 1.5 and the untrained model 0.0, so 12 / 8 fail a model that only
-#: finds boxes without flaking on run-to-run noise.
+#: bbox AP50 / AP the quick schedule must reach on synthetic_test, the held-out split no recipe was tuned on (the
+#: recipe was tuned on synthetic_val). Measured (800 iterations, 2 CPU cores, ~8.5 min): test AP50 26.2, AP 13.8
+#: (val: 25.0 / 13.2). The schedule that bound no names (official log_scale init, LR 5e-4, 300 iterations)
+#: scored val AP50 3.3 / AP 1.5 and the untrained model 0.0, so 12 / 8 fail a model that only finds boxes, with a
+#: wide margin below the measured values for run-to-run noise.
 MIN_AP50 = 12.0
 MIN_AP = 8.0
 
@@ -79,11 +80,8 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_schedule_learns(tiny_run):
     ap50 = tiny_run["results"]["AP50"]
-    assert ap50 >= MIN_AP50, f"quick schedule reached bbox AP50 {ap50:.1f} < {MIN_AP50} on synthetic_val"
-    ap = tiny_run["results"]["AP"]
-    assert ap >= MIN_AP, f"quick schedule reached bbox AP {ap:.1f} < {MIN_AP} on synthetic_val"
     losses = [m["total_loss"] for m in tiny_run["metrics"] if "total_loss" in m]
-    # measured 4.28 -> 2.61 (x0.61); the centerness term alone has a floor of ~0.64 (entropy of its soft targets)
+    # measured 4.28 -> 2.70 (x0.63); the centerness term alone has a floor of ~0.64 (entropy of its soft targets)
     assert losses[-1] < 0.8 * losses[0], f"training loss did not fall: {losses}"
     final = [m for m in tiny_run["metrics"] if "bbox/AP50" in m]
     assert final and final[-1]["bbox/AP50"] == pytest.approx(ap50, abs=1e-3)  # JSON metrics hold the eval too
@@ -92,16 +90,21 @@ def test_quick_schedule_learns(tiny_run):
 
 
 @pytest.mark.slow
-def test_eval_only_reproduces_final_ap(tiny_run, tmp_path, tmp_path_factory):
+def test_eval_only_reproduces_final_ap_and_generalises(tiny_run, tmp_path, tmp_path_factory):
+    """--eval-only on synthetic_val gives the training run's final numbers exactly; on the held-out synthetic_test
+    the model reaches the thresholds above."""
     output = run_train_net(
         ["--config-file", CONFIG, "--eval-only", "MODEL.WEIGHTS", tiny_run["weights"], "OUTPUT_DIR", str(tmp_path),
-         "DATASETS.SYNTHETIC.ROOT", synthetic_root(tmp_path_factory)],
+         "DATASETS.SYNTHETIC.ROOT", synthetic_root(tmp_path_factory),
+         "DATASETS.TEST", '("synthetic_val", "synthetic_test")'],
         log_path=tmp_path / "eval.log", env=_env(),
     )
-    again = copypaste_results(output)
+    again, held_out = copypaste_blocks(output)[-2:]
     assert again.keys() == tiny_run["results"].keys()
     for name, value in tiny_run["results"].items():  # identical numbers (NaN for empty size ranges included)
         assert again[name] == value or (math.isnan(again[name]) and math.isnan(value)), name
+    assert held_out["AP50"] >= MIN_AP50, f"bbox AP50 {held_out['AP50']:.1f} < {MIN_AP50} on synthetic_test"
+    assert held_out["AP"] >= MIN_AP, f"bbox AP {held_out['AP']:.1f} < {MIN_AP} on synthetic_test"
 
 
 def _wait_for(path, proc, timeout):

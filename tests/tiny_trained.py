@@ -40,13 +40,17 @@ def iou_xyxy(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def copypaste_results(output: str):
-    """The (metric names, values) of the last detectron2 "copypaste" AP block in a log."""
+def copypaste_blocks(output: str) -> list:
+    """Every detectron2 "copypaste" AP block of a log as {metric: value}, in order (one per evaluated dataset)."""
     blocks = re.findall(r"copypaste: (AP,AP50[^\n]*)\n[^\n]*copypaste: ([-\d.,nan]+)", output)
     if not blocks:
         raise AssertionError("no 'copypaste: AP,...' evaluation block in the output")
-    names, values = blocks[-1]
-    return dict(zip(names.split(","), [float(v) for v in values.split(",")]))
+    return [dict(zip(names.split(","), [float(v) for v in values.split(",")])) for names, values in blocks]
+
+
+def copypaste_results(output: str):
+    """The (metric names, values) of the last detectron2 "copypaste" AP block in a log."""
+    return copypaste_blocks(output)[-1]
 
 
 def synthetic_root(tmp_path_factory):

@@ -53,7 +53,7 @@ def run_variant(args) -> dict:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, REPO)
-    import glip_d2  # first: installs the detectron2 compatibility shims
+    import glip_d2  # noqa: F401  (registers GLIP's models)
 
     # isort: split
     from detectron2.config import get_cfg

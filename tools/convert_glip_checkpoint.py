@@ -9,7 +9,7 @@ refuses to write when keys do not correspond in either direction. See glip_d2/ch
 """
 import sys
 
-import glip_d2  # noqa: F401  (detectron2 shims and registries)
+import glip_d2  # noqa: F401  (registers GLIP's models)
 from glip_d2.checkpoint.cli import main
 
 if __name__ == "__main__":

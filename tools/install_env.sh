@@ -2,7 +2,9 @@
 # Creates (or reuses) the project's virtual environment in .venv and installs glip_d2 with everything it needs.
 # Idempotent: a stamp records what was installed; a second run with nothing changed returns in about a second.
 #
-#   DETECTRON2=pb1 (default)  detectron2 v0.6 Python sources from PyPI (pb1-detectron2), built without C++ ops
+#   DETECTRON2=pb1 (default)  detectron2 v0.6 Python sources from PyPI (pb1-detectron2), built without C++ ops and
+#                             patched by tools/patch_detectron2_v06.py so it imports and runs on its own (CPU gloo
+#                             launch, Pillow 10, NumPy 2); an unpatched pb1 install from before is replaced
 #   DETECTRON2=git            current upstream detectron2 built from GitHub (needs a compiler; what GPU users want)
 #   DETECTRON2=skip           use the detectron2 already importable in the environment
 set -euo pipefail
@@ -12,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 DETECTRON2=${DETECTRON2:-pb1}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 
-stamp_inputs() { cat tools/install_env.sh setup.py requirements.txt; echo "$DETECTRON2 $TORCH_PINS"; }
+stamp_inputs() { cat tools/install_env.sh tools/patch_detectron2_v06.py setup.py requirements.txt; echo "$DETECTRON2 $TORCH_PINS"; }
 want=$(stamp_inputs | sha256sum | cut -c1-16)
 if [ -f "$VENV/.installed" ] && [ "$(cat "$VENV/.installed")" = "$want" ] && "$VENV/bin/python" -c "import glip_d2" 2>/dev/null; then
   echo "[install] $VENV is up to date"
@@ -30,20 +32,25 @@ fi
 echo "[install] dependencies (requirements.txt)"
 "${PIP[@]}" -r requirements.txt 2>&1 | quiet
 
-if ! "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('detectron2')" 2>/dev/null; then
+have_d2() { "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('detectron2')" 2>/dev/null; }
+if [ "$DETECTRON2" = pb1 ] && have_d2 && ! "$VENV/bin/python" tools/patch_detectron2_v06.py --check-installed; then
+  echo "[install] the installed pb1-detectron2 lacks the source patches: replacing it"
+  "$VENV/bin/python" -m pip uninstall -y -q pb1-detectron2
+fi
+if ! have_d2; then
   case "$DETECTRON2" in
     pb1)
-      # The sdist of pb1-detectron2 has no C++ sources; setup.py would fail compiling them. We build it with no
-      # extension modules: glip_d2.compat makes detectron2 importable without its _C ops.
-      echo "[install] detectron2 v0.6 (pb1-detectron2, Python only)"
+      # The sdist of pb1-detectron2 has no C++ sources: the patch script builds it without extension modules and
+      # fixes what breaks without them (and with current Pillow/NumPy/CPU-only torch); it fails on other sources.
+      echo "[install] detectron2 v0.6 (pb1-detectron2, Python only, patched)"
       tmp=$(mktemp -d)
       "$VENV/bin/python" -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
         pb1-detectron2==0.6 -d "$tmp" 2>&1 | quiet
       tar xzf "$tmp"/pb1-detectron2-0.6.tar.gz -C "$tmp"
-      sed -i 's/ext_modules=get_extensions(),/ext_modules=[],/' "$tmp"/pb1-detectron2-0.6/setup.py
-      grep -q "ext_modules=\[\]," "$tmp"/pb1-detectron2-0.6/setup.py || { echo "unexpected pb1-detectron2 setup.py"; exit 1; }
+      "$VENV/bin/python" tools/patch_detectron2_v06.py "$tmp"/pb1-detectron2-0.6 | sed 's/^/  /'
       "${PIP[@]}" --no-build-isolation "$tmp"/pb1-detectron2-0.6 2>&1 | quiet
-      rm -rf "$tmp" ;;
+      rm -rf "$tmp"
+      "$VENV/bin/python" tools/patch_detectron2_v06.py --check-installed ;;
     git)
       echo "[install] upstream detectron2 from GitHub"
       "${PIP[@]}" --no-build-isolation "git+https://github.com/facebookresearch/detectron2.git" 2>&1 | quiet ;;
@@ -54,5 +61,8 @@ fi
 
 echo "[install] glip_d2 (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e . 2>&1 | quiet
-"$VENV/bin/python" -W ignore -c "import glip_d2, detectron2.modeling; from detectron2.evaluation import COCOEvaluator; print('[install] glip_d2', glip_d2.__version__, 'ready')"
+# detectron2 must work on its own: glip_d2 patches nothing at import.
+"$VENV/bin/python" -W ignore -c "from detectron2.config import get_cfg; import detectron2.modeling, detectron2.data.transforms; from detectron2.evaluation import COCOEvaluator, LVISEvaluator" \
+  || { echo "[install] detectron2 does not import on its own (above); DETECTRON2=pb1 installs a patched v0.6, or build detectron2 from source"; exit 1; }
+"$VENV/bin/python" -W ignore -c "import glip_d2; print('[install] glip_d2', glip_d2.__version__, 'ready')"
 echo "$want" > "$VENV/.installed"

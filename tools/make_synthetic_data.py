@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import glip_d2  # noqa: F401  (detectron2 shims)
+import glip_d2  # noqa: F401  (registers the datasets)
 from glip_d2.data.datasets.synthetic import (
     SYNTHETIC_DATASETS,
     ensure_synthetic_dataset,
@@ -42,6 +42,7 @@ def main(argv=None):
     parser.add_argument("--root", default="datasets/synthetic")
     parser.add_argument("--num-train", type=int, default=200)
     parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--num-test", type=int, default=50, help="held-out split, never used for tuning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="regenerate even when the manifest matches")
     parser.add_argument("--vis-dir", default="", help="draw annotated samples of every variant here")
@@ -50,16 +51,16 @@ def main(argv=None):
 
     start = time.perf_counter()
     if args.force:
-        generate_synthetic_dataset(args.root, args.num_train, args.num_val, args.seed)
+        generate_synthetic_dataset(args.root, args.num_train, args.num_val, args.seed, args.num_test)
         generated = True
     else:
-        generated = ensure_synthetic_dataset(args.root, args.num_train, args.num_val, args.seed)
+        generated = ensure_synthetic_dataset(args.root, args.num_train, args.num_val, args.seed, args.num_test)
     state = f"generated in {time.perf_counter() - start:.1f} s" if generated else "already up to date"
-    print(f"{args.root}: {args.num_train} train / {args.num_val} val images, seed {args.seed} ({state})")
+    print(f"{args.root}: {args.num_train} train / {args.num_val} val / {args.num_test} test images, seed {args.seed} ({state})")
     if args.vis_dir:
         from glip_d2.data.datasets.synthetic import register_synthetic
 
-        register_synthetic(args.root, args.num_train, args.num_val, args.seed)
+        register_synthetic(args.root, args.num_train, args.num_val, args.seed, num_test=args.num_test)
         _visualize(list(SYNTHETIC_DATASETS), args.vis_dir, args.vis_count)
 
 

@@ -33,6 +33,11 @@ from .hub import (
     verify_file,
 )
 from .safe_load import load_checkpoint_file, sha256_of_file
+from .weights_content import (
+    checkpoint_provides_text_encoder,
+    checkpoint_text_encoder_keys,
+    resolve_text_pretrained,
+)
 
 register_path_handler()
 
@@ -65,4 +70,7 @@ __all__ = [
     "verify_file",
     "load_checkpoint_file",
     "sha256_of_file",
+    "checkpoint_provides_text_encoder",
+    "checkpoint_text_encoder_keys",
+    "resolve_text_pretrained",
 ]

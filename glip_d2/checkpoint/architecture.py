@@ -4,8 +4,8 @@ The same description is computed for an official state dict (official names) and
 names), so "this checkpoint is GLIP-T(A) but the model is GLIP-T" can be said before any key is compared.
 """
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
 
 __all__ = ["Architecture", "KNOWN_ARCHITECTURES", "OFFICIAL_NAMES", "GLIP_D2_NAMES", "detect_architecture"]
 
@@ -15,7 +15,7 @@ class Architecture:
     """Geometry that decides whether two state dicts can correspond."""
 
     swin_embed_dim: int
-    swin_depths: Tuple[int, ...]
+    swin_depths: tuple[int, ...]
     fused: bool  # deep fusion blocks in the tower (all but GLIP-T(A))
     lang_layers_in_tower: int  # extra BERT layers inside the tower
     num_blocks: int  # VL-DyHead blocks
@@ -40,7 +40,7 @@ class Architecture:
 
 
 _T = dict(swin_embed_dim=96, swin_depths=(2, 2, 6, 2), lang_dim=768, lang_num_layers=12)
-#: Official architectures (GLIP_REFERENCE.md §0): T(B), T(C) and GLIP-T share one architecture.
+#: Official architectures: T(B), T(C) and GLIP-T share one architecture.
 KNOWN_ARCHITECTURES = {
     "GLIP-T(A)": Architecture(fused=False, lang_layers_in_tower=0, num_blocks=6, **_T),
     "GLIP-T": Architecture(fused=True, lang_layers_in_tower=6, num_blocks=6, **_T),
@@ -81,7 +81,7 @@ GLIP_D2_NAMES = _Names(
 )
 
 
-def _shape0(sd: Mapping, key: str, dim: int) -> Optional[int]:
+def _shape0(sd: Mapping, key: str, dim: int) -> int | None:
     t = sd.get(key)
     return None if t is None or len(t.shape) <= dim else int(t.shape[dim])
 

@@ -11,6 +11,7 @@ What it adds to ``DetectionCheckpointer`` (used by the trainer, the predictor an
 - ``save()`` writes to a temporary file in the same folder and renames it over the target, so an interrupted save
   never destroys the previous checkpoint (same for the ``last_checkpoint`` tag).
 """
+import glob
 import logging
 import os
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any, Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .convert import (
     compare_with_model,
@@ -28,7 +30,9 @@ from .errors import CheckpointError
 from .hub import ZOO_PREFIX, register_path_handler, resolve_zoo_url
 from .safe_load import load_checkpoint_file
 
-__all__ = ["GLIPCheckpointer", "atomic_torch_save", "resolve_weights_path", "CONVERSION_INFO_KEY"]
+__all__ = [
+    "GLIPCheckpointer", "atomic_torch_save", "remove_stale_temp_files", "resolve_weights_path", "CONVERSION_INFO_KEY",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +41,34 @@ CONVERSION_INFO_KEY = "glip_d2_conversion"
 _STRICT_KEY = "__glip_d2_strict_source__"
 
 
+def _temp_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def remove_stale_temp_files(folder: str) -> list:
+    """Delete the hidden ``.NAME.XXXX.tmp`` files that saves killed mid-write left in ``folder``; returns them.
+
+    Only call it where no save can be running (the main process, before or between its own saves).
+    """
+    stale = sorted(glob.glob(os.path.join(glob.escape(folder), ".*.tmp")))
+    for tmp in stale:
+        os.remove(tmp)
+        logger.info("Removed %s, left by an interrupted checkpoint save.", tmp)
+    return stale
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path), suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; a plain open() would follow the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -77,6 +104,8 @@ class GLIPCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.strict = strict
         register_path_handler()
+        if self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir):
+            remove_stale_temp_files(self.save_dir)  # a run killed while saving; resuming starts clean
 
     # ---------------------------------------------------------------- loading
     def load(self, path, *args, **kwargs):
@@ -125,10 +154,22 @@ class GLIPCheckpointer(DetectionCheckpointer):
         source = checkpoint.pop(_STRICT_KEY, None)
         if source is not None:
             weights = checkpoint["model"]
-            if weights and all(k.startswith("module.") for k in weights):  # saved from a DDP-wrapped model
-                checkpoint["model"] = weights = {k[len("module."):]: v for k, v in weights.items()}
-            compare_with_model(weights, self.model.state_dict()).raise_if_any(source)
+            consume_prefix_in_state_dict_if_present(weights, "module.")  # saved from a DDP-wrapped model
+            comparison = compare_with_model(weights, self.model.state_dict())
+            self._accept_fresh_glipv2(comparison, source)
+            comparison.raise_if_any(source)
         return super()._load_model(checkpoint)
+
+    def _accept_fresh_glipv2(self, comparison, source: str) -> None:
+        """A GLIP checkpoint starts GLIPv2 pre-training: the GLIPv2 parameters (MLM head, region-word projections,
+        all under the model's ``glipv2.``) cannot be in it and keep their fresh initialisation. Only those keys
+        are forgiven; anything else missing still fails the strict check."""
+        from ..modeling.glipv2.objectives import GLIPV2_STATE_PREFIX
+
+        fresh = [k for k in comparison.missing if k.startswith(GLIPV2_STATE_PREFIX)]
+        if fresh:
+            comparison.missing = [k for k in comparison.missing if not k.startswith(GLIPV2_STATE_PREFIX)]
+            logger.info("%s has no GLIPv2 parameters: %d initialised fresh: %s", source, len(fresh), ", ".join(fresh))
 
     # ----------------------------------------------------------------- saving
     def save(self, name: str, **kwargs: Any) -> None:
@@ -143,6 +184,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
+        remove_stale_temp_files(self.save_dir)
         atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
 

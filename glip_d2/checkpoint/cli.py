@@ -8,8 +8,8 @@ rule maps and any model key the file does not provide is listed, and nothing is 
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
 
 from .checkpointer import CONVERSION_INFO_KEY, atomic_torch_save
 from .convert import (
@@ -17,6 +17,7 @@ from .convert import (
     KeyComparison,
     compare_with_model,
     convert_official_checkpoint,
+    is_official_state_dict,
 )
 from .errors import CheckpointError, CheckpointMismatchError
 from .safe_load import load_checkpoint_file, sha256_of_file
@@ -28,12 +29,12 @@ __all__ = ["ConversionOutcome", "convert_file", "config_for_architecture", "main
 @dataclass
 class ConversionOutcome:
     result: ConversionResult
-    comparison: Optional[KeyComparison]
+    comparison: KeyComparison | None
     provenance: dict
-    written: Optional[str]
+    written: str | None
 
 
-def config_for_architecture(arch_name: str, config_file: Optional[str] = None, opts: Sequence[str] = ()):
+def config_for_architecture(arch_name: str, config_file: str | None = None, opts: Sequence[str] = ()):
     """Config that builds ``arch_name`` (first model-zoo entry with it) or ``config_file``; no downloads."""
     from detectron2.config import get_cfg
 
@@ -58,16 +59,24 @@ def config_for_architecture(arch_name: str, config_file: Optional[str] = None, o
 
 def convert_file(
     src: str,
-    dst: Optional[str] = None,
+    dst: str | None = None,
     *,
     use_ema: bool = False,
     ignore: Sequence[str] = (),
-    config_file: Optional[str] = None,
+    config_file: str | None = None,
     opts: Sequence[str] = (),
     check_model: bool = True,
+    force: bool = False,
 ) -> ConversionOutcome:
-    """Convert ``src`` (official file) and write ``dst`` unless it is None; raises when keys do not match."""
+    """Convert ``src`` (official file) and write ``dst`` unless it is None; raises when keys do not match.
+
+    Never writes over ``src``, and over another existing file only with ``force``: an official download is not
+    something to lose to a swapped argument.
+    """
+    if dst is not None:
+        _check_destination(src, dst, force)
     checkpoint = load_checkpoint_file(src)
+    _check_is_official(src, checkpoint)
     result = convert_official_checkpoint(checkpoint, use_ema=use_ema, ignore=ignore, strict=False)
     comparison = None
     if check_model:
@@ -91,7 +100,28 @@ def convert_file(
     return outcome
 
 
-def _mismatch_text(src: str, result: ConversionResult, comparison: Optional[KeyComparison]) -> str:
+def _check_destination(src: str, dst: str, force: bool) -> None:
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise CheckpointError(f"Refusing to write the converted file over its source {src}: give another output path.")
+    if os.path.isdir(dst):
+        raise CheckpointError(f"The output path {dst} is a folder: give a file name.")
+    if os.path.exists(dst) and not force:
+        raise CheckpointError(f"{dst} already exists: give another output path, or --force to replace it.")
+
+
+def _check_is_official(src: str, checkpoint) -> None:
+    """An already-converted file says so instead of failing key by key."""
+    if not isinstance(checkpoint, dict):
+        return  # the converter's own error names what is wrong
+    weights = checkpoint.get("model", checkpoint)
+    converted = isinstance(weights, dict) and weights and not is_official_state_dict(weights)
+    if CONVERSION_INFO_KEY in checkpoint or converted:
+        raise CheckpointError(
+            f"{src} is already in glip_d2 format (not an official GLIP checkpoint): use it directly as MODEL.WEIGHTS."
+        )
+
+
+def _mismatch_text(src: str, result: ConversionResult, comparison: KeyComparison | None) -> str:
     lines = [f"Refusing to convert {src}: its keys do not correspond to glip_d2's {result.architecture.describe()}."]
     if result.unmatched:
         lines.append(f"{len(result.unmatched)} official key(s) match no conversion rule:")
@@ -118,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="official GLIP .pth (entries model / model_ema / optimizer ..., keys 'module.*')")
     p.add_argument("dst", nargs="?", help="output .pth (detectron2 format); not needed with --check")
     p.add_argument("--check", action="store_true", help="print what maps where and the key comparison; write nothing")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (never the source)")
     p.add_argument("--ema", action="store_true", help="convert the 'model_ema' entry instead of 'model'")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", help="drop official keys matching REGEX")
     p.add_argument("--config-file", default=None, help="config that builds the model (default: the zoo config)")
@@ -125,14 +156,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.check and not args.dst:
         _parser().error("give an output path, or --check")
     try:
         outcome = convert_file(
             args.src, None if args.check else args.dst, use_ema=args.ema, ignore=args.ignore,
-            config_file=args.config_file, opts=args.opts,
+            config_file=args.config_file, opts=args.opts, force=args.force,
         )
     except (CheckpointError, FileNotFoundError, IsADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)

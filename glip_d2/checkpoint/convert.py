@@ -1,4 +1,4 @@
-"""Official GLIP checkpoint -> glip_d2 state dict (GLIP_REFERENCE.md §6).
+"""Official GLIP checkpoint -> glip_d2 state dict.
 
 Every official key is mapped by structure: its prefix names the part (Swin, FPN, BERT, head), and inside the
 VL-DyHead tower the index ``k`` of ``rpn.head.dyhead_tower.{k}`` names the block and the module's role
@@ -8,10 +8,11 @@ rule explains is never silently dropped: conversion fails and lists it. Tensors 
 """
 import re
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .architecture import (
     GLIP_D2_NAMES,
@@ -36,13 +37,13 @@ __all__ = [
 
 _OFFICIAL_ROOTS = ("backbone.body.", "backbone.fpn.", "language_backbone.", "rpn.")
 
-#: Official keys dropped on conversion, with the reason (§6.8).
+#: Official keys dropped on conversion, with the reason.
 _DROPPED = [
     (re.compile(r"^rpn\.anchor_generator\."), "anchor buffers, recomputed from MODEL.ATSS"),
     (re.compile(r"\.relative_position_index$"), "Swin index buffer, recomputed from the window size"),
     (re.compile(r"^language_backbone\.body\.model\.embeddings\.position_ids$"), "HF position ids, recomputed"),
     (re.compile(r"^language_backbone\.body\.model\.pooler\."), "BERT pooler, unused by GLIP"),
-    (re.compile(r"^rpn\.head\.cls_logits\."), "legacy 80-way classifier, dead weight in GLIP (P12)"),
+    (re.compile(r"^rpn\.head\.cls_logits\."), "legacy 80-way classifier, dead weight in GLIP (official detail 12)"),
 ]
 
 #: glip_d2 buffers that a converted checkpoint need not provide: the model rebuilds them from its config.
@@ -73,9 +74,9 @@ class ConversionResult:
 
     state_dict: "OrderedDict[str, torch.Tensor]"
     architecture: Architecture
-    mapped: List[Tuple[str, str]] = field(default_factory=list)  # (official, glip_d2)
-    dropped: List[Tuple[str, str]] = field(default_factory=list)  # (official, reason)
-    unmatched: List[str] = field(default_factory=list)  # official keys no rule explains
+    mapped: list[tuple[str, str]] = field(default_factory=list)  # (official, glip_d2)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (official, reason)
+    unmatched: list[str] = field(default_factory=list)  # official keys no rule explains
 
     def report(self) -> str:
         """Human-readable listing of what maps where (the CLI's --check output)."""
@@ -89,7 +90,7 @@ class ConversionResult:
 
 def is_official_state_dict(state_dict: Mapping) -> bool:
     """True when keys use official GLIP names (``module.`` prefix optional)."""
-    keys = [k[len("module."):] if k.startswith("module.") else k for k in state_dict]
+    keys = [k.removeprefix("module.") for k in state_dict]
     return any(k.startswith(_OFFICIAL_ROOTS) for k in keys) and not any(
         k.startswith(("backbone.bottom_up.", "vl_tower.", "language_encoder.")) for k in keys
     )
@@ -115,10 +116,12 @@ def official_state_dict(checkpoint, use_ema: bool = False) -> "OrderedDict[str, 
         )
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"The checkpoint's '{entry}' entry is a {type(sd).__name__}, not a state dict.")
-    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in sd.items())
+    sd = OrderedDict(sd)
+    consume_prefix_in_state_dict_if_present(sd, "module.")
+    return sd
 
 
-def _map_tower_key(index: int, rest: str, arch: Architecture) -> Optional[str]:
+def _map_tower_key(index: int, rest: str, arch: Architecture) -> str | None:
     block, role = (index // 3, index % 3) if arch.fused else (index, 2)
     prefix = f"vl_tower.blocks.{block}."
     if role == 0:
@@ -134,7 +137,7 @@ def _map_tower_key(index: int, rest: str, arch: Architecture) -> Optional[str]:
     return None
 
 
-def map_official_key(key: str, arch: Architecture) -> Tuple[Optional[str], Optional[str]]:
+def map_official_key(key: str, arch: Architecture) -> tuple[str | None, str | None]:
     """``(glip_d2_key, None)`` for a mapped key, ``(None, reason)`` for a dropped one, ``(None, None)`` if unknown."""
     for pattern, reason in _DROPPED:
         if pattern.search(key):
@@ -206,9 +209,9 @@ def convert_official_checkpoint(
 class KeyComparison:
     """Differences between a state dict to load and a model's state dict, in both directions."""
 
-    missing: List[str]  # model keys the checkpoint does not provide (recomputed buffers excluded)
-    unexpected: List[str]  # checkpoint keys the model does not have
-    shape_mismatch: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]  # (key, checkpoint, model)
+    missing: list[str]  # model keys the checkpoint does not provide (recomputed buffers excluded)
+    unexpected: list[str]  # checkpoint keys the model does not have
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (key, checkpoint, model)
     checkpoint_arch: Architecture
     model_arch: Architecture
 

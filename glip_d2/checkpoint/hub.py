@@ -10,11 +10,11 @@ import json
 import logging
 import os
 import tempfile
-from typing import Optional
 
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
+from .catalog import ZOO_PREFIX, get_entry
 from .errors import ChecksumMismatchError, WeightsNotAvailableError
 from .safe_load import sha256_of_file
 
@@ -22,7 +22,6 @@ __all__ = ["ZOO_PREFIX", "weights_dir", "hub_url", "resolve_zoo_url", "fetch_zoo
 
 logger = logging.getLogger(__name__)
 
-ZOO_PREFIX = "glip_d2://"
 
 
 def _cache_root() -> str:
@@ -65,7 +64,7 @@ def _remember(key: str, digest: str) -> None:
         pass
 
 
-def verify_file(path: str, size: Optional[int], sha256: Optional[str], what: str = "") -> None:
+def verify_file(path: str, size: int | None, sha256: str | None, what: str = "") -> None:
     """Raise ``ChecksumMismatchError`` when the file's size or sha256 differs from the known value (None: skip)."""
     what = what or os.path.basename(path)
     actual_size = os.path.getsize(path)
@@ -89,7 +88,7 @@ def verify_file(path: str, size: Optional[int], sha256: Optional[str], what: str
     _remember(key, digest)
 
 
-def fetch_zoo_weights(entry, *, cache_dir: Optional[str] = None, local_files_only: Optional[bool] = None) -> str:
+def fetch_zoo_weights(entry, *, cache_dir: str | None = None, local_files_only: bool | None = None) -> str:
     """Local path of a model-zoo entry's weights, downloading through the HF hub cache when needed."""
     local = os.path.join(weights_dir(), entry.hf_filename)
     what = f"model-zoo file {entry.name} ({entry.hf_repo}/{entry.hf_filename})"
@@ -118,12 +117,8 @@ def fetch_zoo_weights(entry, *, cache_dir: Optional[str] = None, local_files_onl
     return path
 
 
-def resolve_zoo_url(url: str, *, cache_dir: Optional[str] = None, local_files_only: Optional[bool] = None) -> str:
+def resolve_zoo_url(url: str, *, cache_dir: str | None = None, local_files_only: bool | None = None) -> str:
     """``glip_d2://NAME`` -> local file path (see module docstring)."""
-    from ..model_zoo import (
-        get_entry,  # the zoo table imports the checkpointer; resolve lazily
-    )
-
     if not url.startswith(ZOO_PREFIX):
         raise ValueError(f"Not a model-zoo URL (expected {ZOO_PREFIX}NAME): {url!r}")
     entry = get_entry(url[len(ZOO_PREFIX):])

@@ -12,8 +12,10 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import re
-from typing import Any, List
+import zipfile
+from typing import Any
 
 import torch
 
@@ -24,14 +26,14 @@ __all__ = ["load_checkpoint_file", "sha256_of_file", "safe_globals_list"]
 _UNSAFE_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def _numpy_globals() -> List[Any]:
+def _numpy_globals() -> list[Any]:
     """numpy constructors that only rebuild arrays/scalars (under both numpy 1.x and 2.x module names)."""
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a torch dependency in practice
         return []
     multiarray = getattr(getattr(np, "_core", None), "multiarray", None) or np.core.multiarray
-    out: List[Any] = [np.ndarray, np.dtype]
+    out: list[Any] = [np.ndarray, np.dtype]
     for core in ("numpy.core", "numpy._core"):
         out.append((multiarray._reconstruct, f"{core}.multiarray._reconstruct"))
         out.append((multiarray.scalar, f"{core}.multiarray.scalar"))
@@ -41,7 +43,7 @@ def _numpy_globals() -> List[Any]:
     return out
 
 
-def safe_globals_list() -> List[Any]:
+def safe_globals_list() -> list[Any]:
     """Everything allowed on top of torch's weights-only defaults: data containers only, nothing callable."""
     return [collections.Counter, collections.OrderedDict] + _numpy_globals()
 
@@ -64,7 +66,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(_unsafe_message(self._path, [full]))
 
 
-def _unsafe_message(path: str, names: List[str]) -> str:
+def _unsafe_message(path: str, names: list[str]) -> str:
     return (
         f"Refusing to load {path}: its pickle references {', '.join(sorted(set(names)))}, which loading would "
         "import and call, so the file could execute arbitrary code. glip_d2 reads checkpoints with "
@@ -73,9 +75,18 @@ def _unsafe_message(path: str, names: List[str]) -> str:
     )
 
 
+def _error_detail(exc: BaseException) -> str:
+    """torch's reason without its advice to retry with ``weights_only=False`` (never the fix for a bad file)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and "weights_only" not in line]
+    return (lines or [""])[0][:200]
+
+
 def _corrupt_message(path: str, exc: BaseException) -> str:
     size = os.path.getsize(path)
-    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    detail = _error_detail(exc)
     what = "is empty" if size == 0 else (
         f"({size} bytes) is not a readable PyTorch checkpoint: it is truncated, corrupted or not a checkpoint"
     )
@@ -92,9 +103,11 @@ def _check_exists(path: str) -> None:
         raise IsADirectoryError(f"Checkpoint path is not a file: {path}")
 
 
-def load_checkpoint_file(path: str) -> Any:
+def load_checkpoint_file(path: str, *, mmap: bool = False) -> Any:
     """Load a ``.pth``/``.pt`` (weights-only) or ``.pkl`` (numpy-only) checkpoint onto the CPU.
 
+    ``mmap``: map the tensors' storage from the file instead of reading it (torch's zip format; other files are
+    read whole), so looking at the keys of a multi-GB checkpoint costs only its small pickle.
     Raises ``UnsafeCheckpointError`` when the file would execute code, ``CorruptCheckpointError`` when it cannot
     be parsed, ``FileNotFoundError`` when it does not exist. Never runs code stored in the file.
     """
@@ -102,9 +115,10 @@ def load_checkpoint_file(path: str) -> Any:
     _check_exists(path)
     if path.endswith(".pkl"):
         return _load_pkl(path)
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(safe_globals_list()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, e)
         if names:
@@ -116,17 +130,34 @@ def load_checkpoint_file(path: str) -> Any:
         raise CorruptCheckpointError(_corrupt_message(path, e)) from None
 
 
-def _unsafe_globals(path: str, exc: BaseException) -> List[str]:
+def _unsafe_globals(path: str, exc: BaseException) -> list[str]:
     """The globals torch refused: scanned from the zip's pickle, else parsed from torch's message."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        names = []
+    except Exception:  # not torch's zip format: read the plain pickle's opcodes
+        names = [n for n in _plain_pickle_globals(path) if not n.startswith("torch.")]
     allowed = set()
     for item in safe_globals_list():
         allowed.add(item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}")
     names = [n for n in names if n not in allowed]
     return names or _UNSAFE_GLOBAL_RE.findall(str(exc))
+
+
+def _plain_pickle_globals(path: str) -> list[str]:
+    """Callables a plain (non-zip) pickle would import, read from its opcodes without running anything."""
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # a damaged stream: what was read before the damage
+        pass
+    return names
 
 
 def _load_pkl(path: str) -> Any:

@@ -1,12 +1,12 @@
 """Grounding data: prompts, token positive maps, GLIP's augmentations, the dataset mapper, dataset registration."""
 from . import datasets  # noqa: F401  (registers the builtin datasets)
 from .mapper import GroundingDatasetMapper
+from .phrase_extraction import extract_noun_phrases
 from .prompts import (
     Prompt,
     build_caption,
     clean_name,
     demo_prompt,
-    extract_noun_phrases,
     free_text_prompt,
     grounding_phrases,
     sample_detection_prompt,

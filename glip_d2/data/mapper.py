@@ -1,6 +1,6 @@
 """``GroundingDatasetMapper``: detectron2 dataset dict -> model input with caption and token positive maps.
 
-Adds to detectron2's ``DatasetMapper`` output the batch fields of docs/CONTRACTS.md: ``caption``,
+Adds to detectron2's ``DatasetMapper`` output the batch fields of docs/architecture.md: ``caption``,
 ``positive_map`` [K, MAX_QUERY_LEN] (one binary row per prompt label), ``positive_map_labels`` [K] (what a row
 reports as ``pred_classes``), ``phrases`` and, in training, ``instances.gt_positive_map`` [N, MAX_QUERY_LEN]; or,
 at test time for a vocabulary that needs several prompts, ``prompts`` (a list of such field dicts).
@@ -12,6 +12,13 @@ Where the prompt comes from (INPUT.PROMPT.TRAIN_SOURCE / TEST_SOURCE, "auto" by 
   phrases);
 * the dataset's ``MetadataCatalog.thing_classes`` (detection data): in training the official sampler with
   negatives and shuffling (``sample_detection_prompt``), at test time the whole vocabulary, chunked if needed.
+INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET overrides the training source per dataset (records tagged with their
+registered ``dataset_name``, see :func:`tag_records`).
+
+With GLIPv2's objectives on (MODEL.GLIPV2.MLM / REGION_WORD), training dicts also get ``greenlight_map`` [L]
+(where masked tokens count in the MLM loss) and ``token_category_ids`` [L] (each token's category id, -1 for
+none), see ``glip_d2.data.greenlight``. The prompt source decides the data kind: prompts built from
+thing_classes are detection data, a record's own caption is grounding data.
 """
 import copy
 import logging
@@ -26,6 +33,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 
+from .greenlight import build_greenlight_map, token_category_ids
 from .prompts import (
     Prompt,
     grounding_phrases,
@@ -35,7 +43,7 @@ from .prompts import (
 from .tokens import create_positive_map, encode_prompt, tokenize_unpadded
 from .transforms import build_glip_augmentation
 
-__all__ = ["GroundingDatasetMapper"]
+__all__ = ["GroundingDatasetMapper", "tag_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,17 @@ _SOURCES = ("auto", "caption", "vocabulary")
 
 def _record_name(d: dict) -> str:
     return f"image {d.get('file_name', '?')!r} (image_id={d.get('image_id', '?')})"
+
+
+def tag_records(dicts: list[dict], name: str) -> list[dict]:
+    """Set each record's ``dataset_name`` to its registered dataset ``name`` (in place); returns ``dicts``.
+
+    Why: per-dataset settings (INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET) need to know where a record comes from, and
+    a json's own ``dataset_name`` tag (e.g. ``"synthetic"``, ``"flickr"``) names no registered dataset.
+    """
+    for d in dicts:
+        d["dataset_name"] = name
+    return dicts
 
 
 class GroundingDatasetMapper(DatasetMapper):
@@ -67,6 +86,9 @@ class GroundingDatasetMapper(DatasetMapper):
         instance_mask_format: str = "polygon",
         recompute_boxes: bool = False,
         rng=None,
+        train_source_by_dataset: dict | None = None,
+        glipv2_maps: bool = False,
+        no_mask: dict | None = None,
     ):
         """
         Args:
@@ -77,6 +99,9 @@ class GroundingDatasetMapper(DatasetMapper):
                 ``chunk_only_if_needed`` (test) and ``separator``.
             rng: ``random.Random`` for the training prompt sampler; default the ``random`` module, which
                 detectron2 seeds per data-loader worker.
+            train_source_by_dataset: {dataset name: training prompt source} overriding ``train_source``.
+            glipv2_maps: add ``greenlight_map`` and ``token_category_ids`` to training dicts (GLIPv2).
+            no_mask: {"detection": bool, "grounding": bool}: that data kind gets the "no MLM" greenlight map.
         """
         super().__init__(
             is_train,
@@ -86,9 +111,17 @@ class GroundingDatasetMapper(DatasetMapper):
             instance_mask_format=instance_mask_format,
             recompute_boxes=recompute_boxes,
         )
-        for what, src in (("train_source", train_source), ("test_source", test_source)):
+        self.train_source_by_dataset = dict(train_source_by_dataset or {})
+        sources = [("train_source", train_source), ("test_source", test_source)]
+        sources += [(f"train source of {n!r}", s) for n, s in self.train_source_by_dataset.items()]
+        for what, src in sources:
             if src not in _SOURCES:
                 raise ValueError(f"{what} must be one of {_SOURCES}, got {src!r}")
+        unknown = sorted(set(self.train_source_by_dataset) - set(dataset_names))
+        if is_train and unknown:
+            raise ValueError(f"INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET names {unknown}, not in DATASETS.TRAIN {list(dataset_names)}")
+        self.glipv2_maps = bool(glipv2_maps)
+        self.no_mask = {"detection": False, "grounding": False, **(no_mask or {})}
         self.tokenizer = tokenizer
         self.max_query_len = int(max_query_len)
         self.dataset_names = list(dataset_names)
@@ -101,7 +134,7 @@ class GroundingDatasetMapper(DatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, dataset_name: str | None = None):
-        from glip_d2.modeling.language.build import build_tokenizer
+        from ..tokenization import build_tokenizer
 
         augs = build_glip_augmentation(cfg, is_train)
         recompute_boxes = False
@@ -135,6 +168,12 @@ class GroundingDatasetMapper(DatasetMapper):
             "use_instance_mask": cfg.MODEL.MASK_ON,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "recompute_boxes": recompute_boxes,
+            "train_source_by_dataset": {str(n): str(s) for n, s in p.TRAIN_SOURCE_BY_DATASET},
+            "glipv2_maps": cfg.MODEL.GLIPV2.MLM.ENABLED or cfg.MODEL.GLIPV2.REGION_WORD.ENABLED,
+            "no_mask": {
+                "detection": cfg.MODEL.GLIPV2.MLM.NO_MASK_FOR_DETECTION,
+                "grounding": cfg.MODEL.GLIPV2.MLM.NO_MASK_FOR_GROUNDING,
+            },
         }
 
     # ---------------------------------------------------------------------------------------------------------
@@ -163,8 +202,14 @@ class GroundingDatasetMapper(DatasetMapper):
             "differ; give the mapper dataset_name=... or tag each record with its registered 'dataset_name'"
         )
 
-    def _choose_source(self, d: dict, classes, evaluator_type) -> str:
-        src = self.train_source if self.is_train else self.test_source
+    def _choose_source(self, d: dict, classes, evaluator_type, name: str | None = None) -> str:
+        if self.is_train and self.train_source_by_dataset and d.get("dataset_name") not in self.dataset_names:
+            if len(self.dataset_names) > 1:  # which dataset's source applies would be a guess
+                raise ValueError(
+                    f"{_record_name(d)}: INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET needs each record's registered "
+                    f"'dataset_name' (one of {self.dataset_names}); tag_records() sets it, GLIPTrainer calls it"
+                )
+        src = self.train_source_by_dataset.get(name, self.train_source) if self.is_train else self.test_source
         has_caption = isinstance(d.get("caption"), str)
         if src == "auto":
             if not self.is_train and classes and evaluator_type in _DETECTION_EVALUATORS:
@@ -292,6 +337,24 @@ class GroundingDatasetMapper(DatasetMapper):
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         return utils.filter_empty_instances(instances)
 
+    def _glipv2_maps(self, kind: str, fields: dict, instances=None) -> dict:
+        """GLIPv2's per-sample token maps. Detection: the names of the classes in the image are green and tokens
+        carry their row's category id. Grounding: the whole caption is green and no token has a category."""
+        length = self.max_query_len
+        if kind == "detection":
+            present = set(instances.gt_classes.tolist())
+            rows = torch.as_tensor([int(c) in present for c in fields["positive_map_labels"].tolist()], dtype=torch.bool)
+            greenlight = build_greenlight_map(
+                kind, max_len=length, positive_map=fields["positive_map"], positive_rows=rows,
+                no_mask=self.no_mask[kind],
+            )
+            categories = token_category_ids(fields["positive_map"], fields["positive_map_labels"])
+        else:
+            num_tokens = len(tokenize_unpadded(self.tokenizer, fields["caption"])["input_ids"])
+            greenlight = build_greenlight_map(kind, max_len=length, num_tokens=num_tokens, no_mask=self.no_mask[kind])
+            categories = torch.full((length,), -1, dtype=torch.long)
+        return {"greenlight_map": greenlight, "token_category_ids": categories}
+
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)
         image = self._read_image(d)
@@ -303,7 +366,7 @@ class GroundingDatasetMapper(DatasetMapper):
 
         name = self._dataset_of(d)
         classes, evaluator_type = self._metadata(name)
-        source = self._choose_source(d, classes, evaluator_type)
+        source = self._choose_source(d, classes, evaluator_type, name)
         annos = [a for a in d.pop("annotations", []) if a.get("iscrowd", 0) == 0]
         by_category = bool(classes) and evaluator_type not in ("flickr", "refexp", "mixed") and all(
             "category_id" in a for a in annos
@@ -342,11 +405,15 @@ class GroundingDatasetMapper(DatasetMapper):
             instances = instances[keep]
             rows = torch.as_tensor([row_of_label[int(c)] for c in instances.gt_classes.tolist()], dtype=torch.long)
             instances.gt_positive_map = fields["positive_map"][rows]
+            if self.glipv2_maps:
+                fields.update(self._glipv2_maps("detection", fields, instances=instances))
         else:
             prompt, row_of, own_spans = self._caption_prompt(d, annos, by_category)
             fields, token_maps = self._encode(d, prompt, own_spans)
             labels = [prompt.labels[r] for r in row_of]
             instances = self._instances(annos, transforms, image_shape, labels, token_maps)
+            if self.glipv2_maps:
+                fields.update(self._glipv2_maps("grounding", fields))
         d.update(fields)
         d["instances"] = instances
         return d

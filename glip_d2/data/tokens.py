@@ -1,4 +1,4 @@
-"""Character spans -> token positive maps (GLIP_REFERENCE.md §5.1, P9, P10, P19).
+"""Character spans -> token positive maps (official details 9, 10, 19).
 
 The caption is tokenized once, unpadded and untruncated, with a *fast* tokenizer; each span ``[start, end)`` maps
 to the tokens ``char_to_token(start) .. char_to_token(end - 1)``. When the start character owns no token (a space)
@@ -102,7 +102,7 @@ def create_positive_map(
 
 
 def encode_prompt(prompt: Prompt, tokenizer, max_len: int = 256) -> dict[str, object]:
-    """A :class:`Prompt` as the batch fields of CONTRACTS.md: caption, positive_map, positive_map_labels, phrases."""
+    """A :class:`Prompt` as the batch fields of docs/architecture.md: caption, positive_map, positive_map_labels, phrases."""
     if len(prompt) == 0:
         raise ValueError(f"prompt {prompt.caption!r} has no row (nothing to ground)")
     positive_map = create_positive_map(tokenizer, prompt.caption, prompt.spans, max_len, names=prompt.phrases)

@@ -1,10 +1,10 @@
-"""GLIP's input augmentations as detectron2 ``Augmentation``s (GLIP_REFERENCE.md §1.1, P8).
+"""GLIP's input augmentations as detectron2 ``Augmentation``s (official detail 8).
 
 * :class:`GLIPResizeShortestEdge`: the official (torchvision-style) resize rule -- shorter side ``size``; if the
   longer side would exceed ``max_size``, ``size = int(round(max_size * short / long))``; the longer side is then
   ``int(size * long / short)`` (truncated, where detectron2's ResizeShortestEdge rounds). PIL bilinear.
 * :class:`GLIPRandomFlip`: horizontal flip whose box/polygon x maps to ``W - 1 - x`` like the official
-  ``BoxList.transpose`` (legacy "+1" geometry, P7), or to detectron2's ``W - x``.
+  ``BoxList.transpose`` (legacy "+1" geometry, official detail 7), or to detectron2's ``W - x``.
 """
 import sys
 from collections.abc import Sequence

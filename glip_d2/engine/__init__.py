@@ -1,4 +1,4 @@
-"""Training, evaluation and inference entry points (trainer, optimizer groups, EMA, predictor)."""
+"""Training, evaluation and inference entry points (trainer, optimizer groups, EMA, multi-scale test, predictor)."""
 from .ema import ModelEMA
 from .hooks import EMAHook
 from .optimizer import (
@@ -8,6 +8,7 @@ from .optimizer import (
     get_glip_param_groups,
 )
 from .trainer import GLIPTrainer, GLIPTrainStep
+from .tta import test_with_tta
 
 __all__ = [
     "EMAHook",
@@ -18,4 +19,5 @@ __all__ = [
     "build_glip_optimizer",
     "build_gradient_clipper",
     "get_glip_param_groups",
+    "test_with_tta",
 ]

@@ -1,6 +1,5 @@
 """Config + process setup shared by ``train_net.py``, the demo and the predictor (detectron2's ``default_setup``)."""
 import logging
-from typing import List, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -10,6 +9,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_glip_config
+from .config_validation import check_output_dir, validate_training_config
 
 __all__ = ["default_glip_setup", "get_glip_cfg", "load_glip_cfg"]
 
@@ -21,7 +21,7 @@ def get_glip_cfg() -> CfgNode:
     return add_glip_config(get_cfg())
 
 
-def load_glip_cfg(config_file: str = "", opts: Optional[List[str]] = None, *, freeze: bool = True) -> CfgNode:
+def load_glip_cfg(config_file: str = "", opts: list[str] | None = None, *, freeze: bool = True) -> CfgNode:
     """Config from a YAML file plus ``KEY VALUE`` overrides.
 
     ``MODEL.DEVICE`` "cuda" falls back to "cpu" (with a warning) on a machine without CUDA, so the same config
@@ -54,7 +54,14 @@ def _collect_env_info_tolerant() -> str:
 
 
 def default_glip_setup(cfg: CfgNode, args) -> None:
-    """detectron2's ``default_setup`` (loggers, config backup in OUTPUT_DIR, env info, seeding), plus glip_d2's logger."""
+    """detectron2's ``default_setup`` (loggers, config backup in OUTPUT_DIR, env info, seeding), plus glip_d2's logger.
+
+    The training schedule and OUTPUT_DIR are checked first: ``default_setup`` writes into OUTPUT_DIR.
+    """
+    if getattr(args, "eval_only", False):
+        check_output_dir(cfg.OUTPUT_DIR)
+    else:
+        validate_training_config(cfg)
     original = d2_defaults.collect_env_info
     d2_defaults.collect_env_info = _collect_env_info_tolerant
     try:

@@ -1,16 +1,16 @@
 """Exponential moving average of model weights (official ``SOLVER.MODEL_EMA``; here ``SOLVER.EMA_DECAY``).
 
 After every optimizer step: ``ema = decay · ema + (1 − decay) · weights`` for every floating-point entry of the
-state dict (parameters and float buffers), as the official ``ModelEma``. Integer buffers (index tables such as
-Swin's ``relative_position_index``) are copied instead: averaging them and writing back into an integer tensor
-would truncate 167.9999 to 167. No decay warm-up, as official. The copy lives on the model's device, in eval mode.
-Saved in checkpoints under ``"model_ema"`` (the official key) by registering it as a checkpointable.
+state dict (parameters and float buffers), as the official ``ModelEma``; integer buffers (index tables such as
+Swin's ``relative_position_index``) are copied, since averaging them would truncate. timm's ``ModelEmaV3`` does
+exactly this; this class adds what the trainer needs around it: unwrapping DDP, a strict checkpointable state dict
+(saved under ``"model_ema"``, the official key) and a count of loads. No decay warm-up, as official.
 """
-import copy
-from typing import Dict
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 __all__ = ["ModelEMA", "unwrap_model"]
 
@@ -21,38 +21,36 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 class ModelEMA:
-    """An EMA copy of a model, updated with :meth:`update` after each optimizer step."""
+    """An EMA copy of a model (``.module``, eval mode, no grads), updated with :meth:`update` after each step."""
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
-        self.module = copy.deepcopy(unwrap_model(model))
-        self.module.eval()
+        self._ema = ModelEmaV3(unwrap_model(model), decay=self.decay)
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.num_loads = 0  # how many times a saved EMA was loaded (the trainer restarts it from weights if never)
 
+    @property
+    def module(self) -> nn.Module:
+        return self._ema.module
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        current = unwrap_model(model).state_dict()
-        for name, ema_v in self.module.state_dict().items():
-            new_v = current[name].detach()
-            if ema_v.is_floating_point():
-                ema_v.mul_(self.decay).add_(new_v.to(ema_v.dtype), alpha=1.0 - self.decay)
-            else:
-                ema_v.copy_(new_v)
+        self._ema.update(unwrap_model(model))
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
         """Restart the average at ``model``'s current weights."""
-        self.module.load_state_dict(unwrap_model(model).state_dict())
+        self._ema.set(unwrap_model(model))
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
-    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Strict load: an EMA from another architecture is an error, not a partial load."""
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        state_dict = dict(state_dict)
+        consume_prefix_in_state_dict_if_present(state_dict, "module.")
         self.module.load_state_dict(state_dict, strict=True)
         self.num_loads += 1

@@ -1,6 +1,6 @@
 """GLIP's optimizer, parameter groups, LR schedule and gradient clipping.
 
-The official recipe (``maskrcnn_benchmark/solver/build.py`` of microsoft/GLIP, GLIP_REFERENCE.md §3.5, P24)
+The official recipe (``maskrcnn_benchmark/solver/build.py`` of microsoft/GLIP, official detail 24)
 decides each parameter's learning rate and weight decay from its *name* alone:
 
 * every parameter: ``BASE_LR`` and ``WEIGHT_DECAY``;
@@ -19,7 +19,7 @@ the update is the same).
 """
 import logging
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
@@ -49,10 +49,10 @@ def get_glip_param_groups(
     lang_lr: float,
     weight_decay: float,
     bias_lr_factor: float = 2.0,
-    weight_decay_bias: Optional[float] = 0.0,
+    weight_decay_bias: float | None = 0.0,
     backbone_body_lr_factor: float = 1.0,
     language_key: str = LANGUAGE_PARAM_KEY,
-) -> List[Dict]:
+) -> list[dict]:
     """Parameter groups following the official name rules (see module docstring).
 
     Each group carries ``param_names`` (the parameters' qualified names) so the grouping can be inspected.
@@ -60,7 +60,7 @@ def get_glip_param_groups(
     """
     if weight_decay_bias is None:
         weight_decay_bias = weight_decay
-    groups: Dict[tuple, Dict] = OrderedDict()
+    groups: dict[tuple, dict] = OrderedDict()
     seen = set()
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in seen:
@@ -113,7 +113,7 @@ def build_glip_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return optimizer
 
 
-def resolve_solver_steps(steps: Iterable[float], max_iter: int) -> List[int]:
+def resolve_solver_steps(steps: Iterable[float], max_iter: int) -> list[int]:
     """LR decay milestones in iterations.
 
     As in the official scheduler, a step below 1 is a fraction of ``max_iter`` (``round(step * max_iter)``, e.g.
@@ -141,7 +141,7 @@ def build_glip_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     return d2_build_lr_scheduler(cfg, optimizer)
 
 
-def build_gradient_clipper(cfg) -> Optional[Callable[[List[torch.Tensor]], Optional[torch.Tensor]]]:
+def build_gradient_clipper(cfg) -> Callable[[list[torch.Tensor]], torch.Tensor | None] | None:
     """A function that clips the gradients of a list of parameters in place, or None when clipping is off.
 
     ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE``: ``"full_model"`` (official GLIP: one L2 norm over all parameters,

@@ -2,12 +2,12 @@
 
 Prompt forms (see :meth:`GLIPPredictor.encode_prompt`):
 * a list of names ``["person", "dog"]`` -> one row per name, labels 0..K-1 in list order, official demo caption
-  (``INPUT.PROMPT.DEMO_SEPARATOR`` " . " after every name, P18); a list too long for one prompt is split into
+  (``INPUT.PROMPT.DEMO_SEPARATOR`` " . " after every name, official detail 18); a list too long for one prompt is split into
   as few prompts as hold it and the model merges their detections;
 * a "."-separated string ``"person. dog. cat"`` whose pieces are all short (≤ 4 words): the same rows, the caption
   kept exactly as written;
 * any other string is free text: ``phrases=[...]`` names the entities to ground (first whole-word match each);
-  without them, noun phrases are found offline (:func:`glip_d2.data.prompts.extract_noun_phrases`, a stand-in
+  without them, noun phrases are found offline (:func:`glip_d2.data.phrase_extraction.extract_noun_phrases`, a stand-in
   for the official NLTK chunker). Free text longer than the token limit cannot be chunked: a ``ValueError``
   says so.
 
@@ -21,7 +21,7 @@ counts, float/bool/signed arrays (their value range is ambiguous).
 """
 import logging
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,13 +31,13 @@ from detectron2.structures import Instances
 from ..data.prompts import demo_prompt, free_text_prompt, split_vocabulary
 from ..data.tokens import encode_prompt
 from ..data.transforms import build_glip_augmentation
-from ..modeling.meta_arch import PhraseList
+from ..structures import PhraseList
 
 __all__ = ["GLIPPredictor", "PromptType", "parse_prompt", "to_uint8_image"]
 
 logger = logging.getLogger(__name__)
 
-PromptType = Union[str, Sequence[str]]
+PromptType = str | Sequence[str]
 
 #: A "."-separated string is read as a list of names when every piece has at most this many words.
 MAX_WORDS_PER_NAME = 4
@@ -73,7 +73,7 @@ def to_uint8_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _dotted_names(text: str) -> Optional[List[str]]:
+def _dotted_names(text: str) -> list[str] | None:
     """The names of a "."-separated list ("person. dog. cat", "person . dog ."), or None for other text."""
     if "." not in text:
         return None
@@ -85,11 +85,17 @@ def _dotted_names(text: str) -> Optional[List[str]]:
     return pieces
 
 
-def parse_prompt(prompt: PromptType, phrases: Optional[Sequence[str]] = None):
+def parse_prompt(prompt: PromptType, phrases: Sequence[str] | None = None):
     """The prompt's form and its :class:`~glip_d2.data.prompts.Prompt` (or, for a name list, the names).
 
-    Returns ``("names", names)`` or ``("prompt", Prompt)``. Raises ``ValueError`` for an empty prompt.
+    Returns ``("names", names)`` or ``("prompt", Prompt)``. Raises ``ValueError`` for an empty prompt and for a
+    name given twice (each name is one label: two rows for one name would report the same box twice), and
+    ``TypeError`` for ``phrases`` that is not a list of str (a plain str would be read letter by letter).
     """
+    if phrases is not None and (
+        isinstance(phrases, str) or not isinstance(phrases, (list, tuple)) or not all(isinstance(p, str) for p in phrases)
+    ):
+        raise TypeError(f"phrases must be a list of str, e.g. ['red circle'], got {type(phrases).__name__} {phrases!r}")
     if isinstance(prompt, (list, tuple)):
         if phrases is not None:
             raise ValueError("phrases= is for free-text prompts; a list prompt already lists its phrases")
@@ -101,7 +107,9 @@ def parse_prompt(prompt: PromptType, phrases: Optional[Sequence[str]] = None):
                 raise TypeError(f"prompt name #{i} is {type(n).__name__} {n!r}, expected str")
             if not n.strip():
                 raise ValueError(f"prompt name #{i} is empty ({n!r})")
-        return "names", [n.strip() for n in names]
+        names = [n.strip() for n in names]
+        _check_unique(names)
+        return "names", names
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
     if not prompt.strip():
@@ -110,6 +118,7 @@ def parse_prompt(prompt: PromptType, phrases: Optional[Sequence[str]] = None):
         return "prompt", free_text_prompt(prompt, phrases=list(phrases))
     names = _dotted_names(prompt)
     if names is not None:
+        _check_unique(names)
         spans, pos = [], 0
         for name in names:
             start = prompt.index(name, pos)
@@ -117,6 +126,29 @@ def parse_prompt(prompt: PromptType, phrases: Optional[Sequence[str]] = None):
             pos = start + len(name)
         return "prompt", free_text_prompt(prompt, spans=spans)
     return "prompt", free_text_prompt(prompt)
+
+
+def _check_unique(names: Sequence[str]) -> None:
+    seen = {}
+    for i, name in enumerate(names):
+        key = name.lower()
+        if key in seen:
+            raise ValueError(f"prompt name {name!r} is given twice (#{seen[key]} and #{i}): give each name once")
+        seen[key] = i
+
+
+def warn_unknown_phrases(tokenizer, phrases: Sequence[str]) -> list[str]:
+    """Phrases the vocabulary only knows as [UNK] (emoji, scripts it lacks): their rows cannot be told apart, so
+    the user hears about it instead of getting arbitrary labels. Returns them."""
+    unknown = []
+    for phrase in phrases:
+        ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        if ids and all(i == tokenizer.unk_token_id for i in ids):
+            unknown.append(phrase)
+    if unknown:
+        logger.warning("the text encoder's vocabulary knows none of the words of %s ([UNK] only): their scores "
+                       "cannot distinguish them from each other", ", ".join(repr(p) for p in unknown))
+    return unknown
 
 
 class GLIPPredictor:
@@ -129,7 +161,7 @@ class GLIPPredictor:
     threshold is applied beyond the model's own (``MODEL.ATSS.INFERENCE_TH``).
     """
 
-    def __init__(self, cfg, model: Optional[torch.nn.Module] = None):
+    def __init__(self, cfg, model: torch.nn.Module | None = None):
         self.cfg = cfg.clone()
         if model is None:
             from .trainer import GLIPTrainer
@@ -145,11 +177,11 @@ class GLIPPredictor:
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB' for the predictor, got {self.input_format!r}")
-        self._cache: Dict[tuple, List[Dict]] = OrderedDict()
+        self._cache: dict[tuple, list[dict]] = OrderedDict()
         self.cache_hits = 0
 
     # ------------------------------------------------------------------------------------------------ prompts
-    def encode_prompt(self, prompt: PromptType, phrases: Optional[Sequence[str]] = None) -> List[Dict]:
+    def encode_prompt(self, prompt: PromptType, phrases: Sequence[str] | None = None) -> list[dict]:
         """The model's prompt fields (caption, positive_map, positive_map_labels, phrases), one dict per chunk.
 
         Cached by (prompt, phrases): a repeated prompt costs no tokenization.
@@ -172,12 +204,13 @@ class GLIPPredictor:
             encoded = self._encode_names(parsed)
         else:
             encoded = [encode_prompt(parsed, self.tokenizer, self.max_len)]
+        warn_unknown_phrases(self.tokenizer, [p for chunk in encoded for p in chunk.get("phrases", [])])
         self._cache[key] = encoded
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return encoded
 
-    def _encode_names(self, names: List[str]) -> List[Dict]:
+    def _encode_names(self, names: list[str]) -> list[dict]:
         p = self.cfg.INPUT.PROMPT
         single = demo_prompt(names, separator=p.DEMO_SEPARATOR)
         n_tokens = len(self.tokenizer(single.caption, padding=False, truncation=False)["input_ids"])
@@ -192,7 +225,7 @@ class GLIPPredictor:
         return [encode_prompt(c, self.tokenizer, self.max_len) for c in chunks]
 
     # ------------------------------------------------------------------------------------------------ images
-    def _model_input(self, image: np.ndarray, encoded: List[Dict], what: str) -> Dict:
+    def _model_input(self, image: np.ndarray, encoded: list[dict], what: str) -> dict:
         image = to_uint8_image(image, what)
         if self.input_format == "RGB":  # the array arrives as BGR (OpenCV); the model wants RGB
             image = image[:, :, ::-1]
@@ -208,7 +241,7 @@ class GLIPPredictor:
         return inputs
 
     @staticmethod
-    def _with_phrases(instances: Instances, encoded: List[Dict]) -> Instances:
+    def _with_phrases(instances: Instances, encoded: list[dict]) -> Instances:
         if instances.has("pred_phrases"):
             return instances
         label_to_phrase = {}
@@ -219,16 +252,16 @@ class GLIPPredictor:
         return instances
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray, prompt: PromptType, phrases: Optional[Sequence[str]] = None) -> Instances:
+    def __call__(self, image: np.ndarray, prompt: PromptType, phrases: Sequence[str] | None = None) -> Instances:
         return self.predict_batch([image], [prompt], None if phrases is None else [phrases])[0]
 
     @torch.no_grad()
     def predict_batch(
         self,
         images: Sequence[np.ndarray],
-        prompts: Union[PromptType, Sequence[PromptType]],
-        phrases: Optional[Sequence[Optional[Sequence[str]]]] = None,
-    ) -> List[Instances]:
+        prompts: PromptType | Sequence[PromptType],
+        phrases: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[Instances]:
         """Detections for several images in one forward pass; ``prompts`` is one prompt per image, or a single
         string used for all. (Images are padded to a common size, which changes scores slightly, P20.)"""
         if isinstance(images, np.ndarray):

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 import weakref
-from typing import Optional
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -22,8 +21,10 @@ from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torch.nn.parallel import DistributedDataParallel
 
+from .config_validation import validate_training_config
 from .ema import ModelEMA, unwrap_model
 from .hooks import EMAHook
 from .optimizer import (
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 _AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-def amp_dtype_from_cfg(cfg) -> Optional[torch.dtype]:
+def amp_dtype_from_cfg(cfg) -> torch.dtype | None:
     """The autocast dtype, or None when ``SOLVER.AMP.ENABLED`` is False."""
     if not cfg.SOLVER.AMP.ENABLED:
         return None
@@ -69,7 +70,7 @@ class GLIPTrainStep(SimpleTrainer):
     The gradient norm returned by a full-model clipper is logged as ``grad_norm``.
     """
 
-    def __init__(self, model, data_loader, optimizer, *, amp_dtype: Optional[torch.dtype] = None, grad_clipper=None):
+    def __init__(self, model, data_loader, optimizer, *, amp_dtype: torch.dtype | None = None, grad_clipper=None):
         super().__init__(model, data_loader, optimizer)
         self.amp_dtype = amp_dtype
         self.grad_clipper = grad_clipper
@@ -153,10 +154,11 @@ class GLIPTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        validate_training_config(cfg)  # schedule and OUTPUT_DIR, before anything is built
 
+        data_loader = self.build_train_loader(cfg)  # first: it validates the data before the model is built
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
         self.ema = ModelEMA(model, cfg.SOLVER.EMA_DECAY) if cfg.SOLVER.EMA_DECAY > 0 else None
 
         model = create_ddp_model(model, find_unused_parameters=cfg.SOLVER.FIND_UNUSED_PARAMETERS)
@@ -222,6 +224,14 @@ class GLIPTrainer(DefaultTrainer):
         return self.model
 
     @classmethod
+    def build_model(cls, cfg):
+        """detectron2's ``build_model``, with the text encoder's pretrained weights fetched only when the weights
+        loaded next (``MODEL.WEIGHTS``) do not provide it (:func:`~glip_d2.checkpoint.resolve_text_pretrained`)."""
+        from ..checkpoint.weights_content import resolve_text_pretrained
+
+        return super().build_model(resolve_text_pretrained(cfg))
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
         return build_glip_optimizer(cfg, model)
 
@@ -232,19 +242,28 @@ class GLIPTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         from ..data.datasets import register_datasets_from_cfg
-        from ..data.mapper import GroundingDatasetMapper
+        from ..data.mapper import GroundingDatasetMapper, tag_records
+        from ..data.validation import validated_dataset_dicts_from_cfg
 
         register_datasets_from_cfg(cfg)  # synthetic set (generated on first use), DATASETS.REGISTER_COCO
-        return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True))
+        if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET:  # per-dataset prompt sources: each record names its dataset
+            dataset = [d for name in cfg.DATASETS.TRAIN
+                       for d in tag_records(validated_dataset_dicts_from_cfg(cfg, [name], is_train=True), name)]
+        else:
+            dataset = validated_dataset_dicts_from_cfg(cfg, cfg.DATASETS.TRAIN, is_train=True)  # DATASETS.ON_INVALID
+        return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True), dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
+        from ..data.validation import validated_dataset_dicts_from_cfg
 
         register_datasets_from_cfg(cfg)
         return build_detection_test_loader(
-            cfg, dataset_name, mapper=GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset_name)
+            validated_dataset_dicts_from_cfg(cfg, [dataset_name], is_train=False),
+            mapper=GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset_name),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
 
     @classmethod
@@ -262,23 +281,31 @@ class GLIPTrainer(DefaultTrainer):
         Weights: OUTPUT_DIR's last checkpoint when resuming and one exists, else MODEL.WEIGHTS. With EMA and
         ``SOLVER.EMA_EVAL`` on, a checkpoint's ``model_ema`` replaces its ``model``, so the AP equals the one printed
         at the end of training. Official checkpoints have a ``model_ema`` in official names; the checkpointer
-        returns only their converted ``model`` (the reference says to use it, P17).
+        returns only their converted ``model`` (the reference says to use it, official detail 17).
         """
+        path = cfg.MODEL.WEIGHTS
+        if resume:
+            last = _checkpointer_class()(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR)
+            if last.has_checkpoint():
+                path = last.get_checkpoint_file()
+        if path != cfg.MODEL.WEIGHTS:  # build for the weights actually loaded (they decide the text encoder's)
+            frozen, cfg = cfg.is_frozen(), cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.WEIGHTS = path
+            if frozen:
+                cfg.freeze()
         model = cls.build_model(cfg)
         use_ema = cfg.SOLVER.EMA_DECAY > 0 and cfg.SOLVER.EMA_EVAL
         captured = _CapturedState()
         checkpointer = _checkpointer_class()(
             model, save_dir=cfg.OUTPUT_DIR, **({"model_ema": captured} if use_ema else {})
         )
-        if resume and checkpointer.has_checkpoint():
-            path = checkpointer.get_checkpoint_file()
-        else:
-            path = cfg.MODEL.WEIGHTS
         if not path:
             logger.warning("No MODEL.WEIGHTS and no checkpoint to resume: evaluating randomly initialised weights.")
         checkpointer.load(path, checkpointables=["model_ema"] if use_ema else [])
         if captured.state:
-            state = {k.removeprefix("module."): v for k, v in captured.state.items()}
+            state = dict(captured.state)
+            consume_prefix_in_state_dict_if_present(state, "module.")
             model.load_state_dict(state, strict=True)
             logger.info("Evaluating the EMA weights ('model_ema') of %s.", path)
         model.eval()

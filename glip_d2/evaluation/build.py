@@ -1,22 +1,25 @@
 """Pick the evaluator of a dataset from its MetadataCatalog ``evaluator_type``."""
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, LVISEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from .flickr import FlickrEvaluator
+from .lvis_evaluation import LVISEvaluator  # detectron2's, + np.float during evaluate() and Fixed AP
 from .refexp import RefExpEvaluator
 
 __all__ = ["build_evaluator"]
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluator:
-    """"coco"/"lvis": detectron2's own evaluators unchanged (pure-Python COCOeval); "flickr": Recall@k;
-    "refexp": precision@k. Boxes come back as ordinary ``pred_classes``, so detection AP needs nothing new."""
+    """"coco"/"lvis": detectron2's own evaluators (pure-Python COCOeval; LVIS adds Fixed AP when
+    TEST.LVIS_FIXED_AP); "flickr": Recall@k; "refexp": precision@k. Boxes come back as ordinary ``pred_classes``,
+    so detection AP needs nothing new."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_dir, use_fast_impl=False)
     if evaluator_type == "lvis":
-        return LVISEvaluator(dataset_name, tasks=tasks, output_dir=output_dir)
+        topk = cfg.TEST.FIXED_AP_TOPK if cfg.TEST.LVIS_FIXED_AP else 0
+        return LVISEvaluator(dataset_name, tasks=tasks, output_dir=output_dir, fixed_ap_topk=topk)
     if evaluator_type == "flickr":
         return FlickrEvaluator(dataset_name, output_dir=output_dir)
     if evaluator_type == "refexp":

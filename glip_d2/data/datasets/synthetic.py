@@ -68,11 +68,13 @@ SYNTHETIC_DATASETS = {
     "synthetic_val": ("val", "list"),
     "synthetic_train_text": ("train", "text"),
     "synthetic_val_text": ("val", "text"),
+    "synthetic_test": ("test", "list"),
+    "synthetic_test_text": ("test", "text"),
 }
 
 #: Bump when the rendered images or the json layout change, so old folders get regenerated.
 GENERATOR_VERSION = 1
-_SPLIT_CODES = {"train": 0, "val": 1}
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # test: held out, never used to tune a recipe
 _SIZE_RANGE = (160, 320)  # image sides, inclusive
 _MAX_OBJECTS = 5
 _RADIUS_RANGE = (0.08, 0.2)  # object radius / shorter image side
@@ -298,14 +300,18 @@ def _paths(root: str, split: str, style: str) -> tuple[str, str]:
     return os.path.join(root, "annotations", f"{split}{suffix}.json"), os.path.join(root, "images", split)
 
 
-def _manifest(num_train: int, num_val: int, seed: int) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "seed": seed}
+def _manifest(num_train: int, num_val: int, seed: int, num_test: int) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "num_test": num_test,
+            "seed": seed}
 
 
-def generate_synthetic_dataset(root: str, num_train: int = 200, num_val: int = 50, seed: int = 0) -> dict:
-    """(Re)generate the dataset under ``root``: ``images/{train,val}/``, ``annotations/{train,val}[_text].json``
-    and ``manifest.json`` (written last, so an interrupted run is regenerated). Returns the manifest."""
-    for name, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
+def generate_synthetic_dataset(
+    root: str, num_train: int = 200, num_val: int = 50, seed: int = 0, num_test: int = 50
+) -> dict:
+    """(Re)generate the dataset under ``root``: ``images/{train,val,test}/``,
+    ``annotations/{train,val,test}[_text].json`` and ``manifest.json`` (written last, so an interrupted run is
+    regenerated). Returns the manifest. ``test`` is a held-out split for checking recipes tuned on ``val``."""
+    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test), ("seed", seed)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     manifest_file = os.path.join(root, "manifest.json")
@@ -314,21 +320,23 @@ def generate_synthetic_dataset(root: str, num_train: int = 200, num_val: int = 5
     for folder in ("images", "annotations"):  # only what this generator writes
         shutil.rmtree(os.path.join(root, folder), ignore_errors=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    for split, count in (("train", int(num_train)), ("val", int(num_val))):
+    for split, count in (("train", int(num_train)), ("val", int(num_val)), ("test", int(num_test))):
         coco = _generate_split(os.path.join(root, "images", split), split, count, int(seed))
         for style, data in coco.items():
             with open(_paths(root, split, style)[0], "w") as f:
                 json.dump(data, f, separators=(",", ":"))
-    manifest = _manifest(int(num_train), int(num_val), int(seed))
+    manifest = _manifest(int(num_train), int(num_val), int(seed), int(num_test))
     with open(manifest_file + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
     os.replace(manifest_file + ".tmp", manifest_file)
     return manifest
 
 
-def ensure_synthetic_dataset(root: str, num_train: int = 200, num_val: int = 50, seed: int = 0) -> bool:
+def ensure_synthetic_dataset(
+    root: str, num_train: int = 200, num_val: int = 50, seed: int = 0, num_test: int = 50
+) -> bool:
     """Generate unless ``root`` already holds this exact dataset; returns True when it generated."""
-    wanted = _manifest(num_train, num_val, seed)
+    wanted = _manifest(num_train, num_val, seed, num_test)
     try:
         with open(os.path.join(root, "manifest.json")) as f:
             current = json.load(f)
@@ -338,13 +346,15 @@ def ensure_synthetic_dataset(root: str, num_train: int = 200, num_val: int = 50,
                    for split in _SPLIT_CODES for style in ("list", "text"))
     if current == wanted and complete:
         return False
-    logger.info(f"Generating synthetic grounding data in {root} ({num_train} train, {num_val} val, seed {seed})")
-    generate_synthetic_dataset(root, num_train, num_val, seed)
+    logger.info(f"Generating synthetic grounding data in {root} "
+                f"({num_train} train, {num_val} val, {num_test} test, seed {seed})")
+    generate_synthetic_dataset(root, num_train, num_val, seed, num_test)
     return True
 
 
 def register_synthetic(
-    root: str = "datasets/synthetic", num_train: int = 200, num_val: int = 50, seed: int = 0, style: str = "both"
+    root: str = "datasets/synthetic", num_train: int = 200, num_val: int = 50, seed: int = 0, style: str = "both",
+    num_test: int = 50,
 ) -> list[str]:
     """Generate (first use / changed parameters) and register the synthetic datasets; returns their names.
 
@@ -353,16 +363,16 @@ def register_synthetic(
         register_synthetic("datasets/synthetic", num_train=200, num_val=50, seed=0)
         DatasetCatalog.get("synthetic_train")  # dicts with "caption" and per-annotation "tokens_positive"
 
-    ``style``: ``"list"`` (``synthetic_train``/``synthetic_val``), ``"text"`` (``synthetic_*_text``) or
+    ``style``: ``"list"`` (``synthetic_train``/``_val``/``_test``), ``"text"`` (``synthetic_*_text``) or
     ``"both"``. Calling it again with the same arguments does nothing; with other arguments the data is
     regenerated and the names re-registered. In distributed runs only the main process writes.
     """
     if style not in ("list", "text", "both"):
         raise ValueError(f"style must be 'list', 'text' or 'both', got {style!r}")
     if comm.is_main_process():
-        ensure_synthetic_dataset(root, num_train, num_val, seed)
+        ensure_synthetic_dataset(root, num_train, num_val, seed, num_test)
     comm.synchronize()
-    params = dict(root=os.path.abspath(root), **_manifest(num_train, num_val, seed))
+    params = dict(root=os.path.abspath(root), **_manifest(num_train, num_val, seed, num_test))
     names = []
     for name, (split, name_style) in SYNTHETIC_DATASETS.items():
         if style not in ("both", name_style):
@@ -401,4 +411,4 @@ def register_synthetic_from_cfg(cfg) -> list[str]:
     if not used:
         return []
     s = cfg.DATASETS.SYNTHETIC
-    return register_synthetic(s.ROOT, int(s.NUM_TRAIN), int(s.NUM_VAL), int(s.SEED))
+    return register_synthetic(s.ROOT, int(s.NUM_TRAIN), int(s.NUM_VAL), int(s.SEED), num_test=int(s.NUM_TEST))

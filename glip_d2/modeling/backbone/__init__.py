@@ -2,7 +2,7 @@
 
 Importing registers ``build_swin_glip_fpn_backbone`` and ``build_resnet_glip_fpn_backbone`` in BACKBONE_REGISTRY.
 """
-from .fpn import GLIPFPN, DropBlock2D, LastLevelP6P7, rename_official_backbone_key
+from .fpn import GLIPFPN, DropBlock2D, LastLevelP6P7
 from .resnet import build_resnet_glip_fpn_backbone
 from .swin import SwinTransformer, build_swin_glip_fpn_backbone
 
@@ -13,5 +13,4 @@ __all__ = [
     "SwinTransformer",
     "build_resnet_glip_fpn_backbone",
     "build_swin_glip_fpn_backbone",
-    "rename_official_backbone_key",
 ]

@@ -1,12 +1,11 @@
 """GLIP's FPN: three lateral/output levels P3..P5 on top of any bottom-up backbone, plus P6/P7 from P5.
 
-Differences from detectron2's ``FPN`` that matter for official numbers (GLIP_REFERENCE.md §1.3, P21):
+Differences from detectron2's ``FPN`` that matter for official numbers (official detail 21):
 the top-down path upsamples to the lateral's exact size (works for any input size), and in training a
 DropBlock is applied to the merged laterals of P3 and P4 right before their output convs.
-Module names are detectron2's (``fpn_lateral{3,4,5}``, ``fpn_output{3,4,5}``, ``top_block.p6/p7``);
-:func:`rename_official_backbone_key` maps official GLIP state-dict keys onto them.
+Module names are detectron2's (``fpn_lateral{3,4,5}``, ``fpn_output{3,4,5}``, ``top_block.p6/p7``).
+The official key names map onto them in the checkpoint converter (``glip_d2.checkpoint.convert``).
 """
-import re
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.modeling.backbone import Backbone
 from torch import nn
 
-__all__ = ["GLIPFPN", "DropBlock2D", "LastLevelP6P7", "rename_official_backbone_key"]
+__all__ = ["GLIPFPN", "DropBlock2D", "LastLevelP6P7"]
 
 
 def _kaiming_uniform_init(conv: nn.Conv2d) -> None:
@@ -167,25 +166,3 @@ class GLIPFPN(Backbone):
 
 
 # Official (microsoft/GLIP, ``module.`` stripped) -> glip_d2 names for the visual backbone. Order matters.
-_OFFICIAL_BACKBONE_RULES = [
-    (re.compile(r"^backbone\.body\."), "backbone.bottom_up."),
-    (re.compile(r"^backbone\.fpn\.fpn_inner(\d)\."), lambda m: f"backbone.fpn_lateral{int(m.group(1)) + 1}."),
-    (re.compile(r"^backbone\.fpn\.fpn_layer(\d)\."), lambda m: f"backbone.fpn_output{int(m.group(1)) + 1}."),
-    (re.compile(r"^backbone\.fpn\.top_blocks\."), "backbone.top_block."),
-]
-
-
-def rename_official_backbone_key(key: str) -> str | None:
-    """Map an official ``backbone.*`` key to glip_d2's name; None when the key is dropped (recomputed
-    ``relative_position_index``) or is not a visual-backbone key. ``module.`` is stripped first.
-
-    Official ``fpn_inner2/3/4`` / ``fpn_layer2/3/4`` act on C3/C4/C5 (their index counts from C2), hence +1.
-    """
-    key = key.removeprefix("module.")
-    if not key.startswith("backbone.") or key.endswith("relative_position_index"):
-        return None
-    for pattern, repl in _OFFICIAL_BACKBONE_RULES:
-        new, n = pattern.subn(repl, key, count=1)
-        if n:
-            return new
-    return None

@@ -1,6 +1,6 @@
 """Swin Transformer (v1) as a detectron2 ``Backbone``, laid out exactly like GLIP's detection port.
 
-GLIP uses the Swin-Transformer-Object-Detection flavour of Swin (GLIP_REFERENCE.md §1.2), which differs from the
+GLIP uses the Swin-Transformer-Object-Detection flavour of Swin, which differs from the
 classification Swin (e.g. timm's) in ways that change numbers on detection-sized inputs:
 
 * any input size: the image is zero-padded to a multiple of the patch size, and every block zero-pads its
@@ -22,6 +22,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
+from timm.layers import DropPath, Mlp
 from torch import nn
 
 from .fpn import GLIPFPN
@@ -37,30 +38,6 @@ __all__ = [
 
 # Value added to the attention logits of token pairs that the cyclic shift brought together (official -100).
 SHIFT_MASK_VALUE = -100.0
-
-
-def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop the whole residual branch per sample, rescaling the kept ones by 1/(1-p)."""
-    if prob == 0.0 or not training:
-        return x
-    keep = 1.0 - prob
-    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-    mask = x.new_empty(shape).bernoulli_(keep)
-    return x * mask / keep
-
-
-class DropPath(nn.Module):
-    """Module wrapper of :func:`drop_path` (no parameters, so no state-dict keys)."""
-
-    def __init__(self, prob: float = 0.0):
-        super().__init__()
-        self.prob = float(prob)
-
-    def forward(self, x):
-        return drop_path(x, self.prob, self.training)
-
-    def extra_repr(self):
-        return f"prob={self.prob}"
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -105,19 +82,6 @@ def shifted_window_mask(
     region = window_partition(region, window_size).reshape(-1, window_size * window_size)
     diff = region.unsqueeze(1) - region.unsqueeze(2)
     return torch.zeros_like(diff).masked_fill(diff != 0, SHIFT_MASK_VALUE)
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2 (official names; dropout rate is 0 in GLIP so it is omitted)."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class WindowAttention(nn.Module):
@@ -177,7 +141,7 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path_prob)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # fc1 -> GELU -> fc2, the official names
 
     def forward(self, x: torch.Tensor, H: int, W: int, shift_mask: torch.Tensor | None) -> torch.Tensor:
         """x: [B, H*W, C]; shift_mask: the stage's mask for the padded size (used only when shifted)."""

@@ -1,4 +1,4 @@
-"""One extra BERT encoder layer on the fused text, with GLIP's fp16 clamps (GLIP_REFERENCE.md §1.5.2, P5, P15).
+"""One extra BERT encoder layer on the fused text, with GLIP's fp16 clamps (official details 5, 15).
 
 Parameter names are those of HF ``BertLayer`` (``attention.self.query`` ... ``output.LayerNorm``), so a state
 dict moves between the two unchanged. Differences from vanilla BERT, in the official order
@@ -13,15 +13,9 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import Tensor, nn
 
-__all__ = ["BERT_CLAMP_VALUE", "ClampedBertLayer", "extended_attention_mask"]
+from ...layers.fp16_clamp import clamp_fp16_safe
 
-#: Magnitude of every clamp in the layer (fits fp16).
-BERT_CLAMP_VALUE = 50000.0
-
-
-def _clamp(x: Tensor) -> Tensor:
-    return x.clamp(min=-BERT_CLAMP_VALUE, max=BERT_CLAMP_VALUE)
-
+__all__ = ["ClampedBertLayer", "extended_attention_mask"]
 
 def extended_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """[B, T] 0/1 mask -> additive [B, 1, 1, T]: 0 for tokens, ``finfo(dtype).min`` for padding.
@@ -53,7 +47,7 @@ class _SelfAttention(nn.Module):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if self.clamp_scores:
-            scores = _clamp(scores)
+            scores = clamp_fp16_safe(scores)
         if additive_mask is not None:
             scores = scores + additive_mask
         probs = self.dropout(F.softmax(scores, dim=-1))
@@ -88,7 +82,7 @@ class _Intermediate(nn.Module):
         self.dense = nn.Linear(hidden, intermediate)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _clamp(F.gelu(_clamp(self.dense(x))))  # exact (erf) GELU, as BERT's "gelu"
+        return clamp_fp16_safe(F.gelu(clamp_fp16_safe(self.dense(x))))  # exact (erf) GELU, as BERT's "gelu"
 
 
 class _Output(nn.Module):
@@ -99,8 +93,8 @@ class _Output(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        x = _clamp(self.dropout(self.dense(x)))
-        return _clamp(self.LayerNorm(x + residual))
+        x = clamp_fp16_safe(self.dropout(self.dense(x)))
+        return clamp_fp16_safe(self.LayerNorm(x + residual))
 
 
 class ClampedBertLayer(nn.Module):

@@ -1,10 +1,10 @@
-"""GLIP's bi-directional image<->text cross attention ("MHA-B", GLIP_REFERENCE.md §1.5.1).
+"""GLIP's bi-directional image<->text cross attention ("MHA-B", ).
 
 One score matrix S = (Q_v / sqrt(d)) K_l^T per head serves both directions: image positions attend over tokens
 (softmax over tokens, padded tokens masked) and tokens attend over *all* image positions of all levels at once
-(softmax over positions, no mask at all, P4). Both sides are pre-LayerNormed and the residual is added to the
-*normalised* inputs with a learned per-channel layer scale (P3). Scores are clamped to +-50000 so fp16 never
-overflows (P5); in fp32 the clamps only matter for pathological inputs.
+(softmax over positions, no mask at all, official detail 4). Both sides are pre-LayerNormed and the residual is added to the
+*normalised* inputs with a learned per-channel layer scale (official detail 3). Scores are clamped to +-50000 so fp16 never
+overflows (official detail 5); in fp32 the clamps only matter for pathological inputs.
 """
 
 import torch
@@ -13,12 +13,12 @@ from detectron2.config import configurable
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ...layers.fp16_clamp import FP16_SAFE_LIMIT
 from .build import register_fusion
 
-__all__ = ["CLAMP_VALUE", "MASKED_SCORE", "BiAttentionFusion", "BiMultiHeadAttention"]
+__all__ = ["MASKED_SCORE", "BiAttentionFusion", "BiMultiHeadAttention"]
 
 #: Magnitude of every fusion clamp (fits fp16, whose max is 65504).
-CLAMP_VALUE = 50000.0
 #: Additive score of a padded token on the image side (official value; becomes -inf in fp16, as officially).
 MASKED_SCORE = -9e15
 
@@ -62,9 +62,9 @@ class BiMultiHeadAttention(nn.Module):
 
     def _clamp(self, x: Tensor) -> Tensor:
         if self.clamp_min_for_underflow:
-            x = x.clamp(min=-CLAMP_VALUE)
+            x = x.clamp(min=-FP16_SAFE_LIMIT)
         if self.clamp_max_for_overflow:
-            x = x.clamp(max=CLAMP_VALUE)
+            x = x.clamp(max=FP16_SAFE_LIMIT)
         return x
 
     def _heads(self, x: Tensor) -> Tensor:
@@ -126,7 +126,7 @@ def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
 class BiAttentionFusion(nn.Module):
     """The MHA-B fusion block: all levels flattened into one sequence, one bi-directional attention, layer scale.
 
-    Parameter names follow docs/CONTRACTS.md (official ``b_attn.*`` without the prefix). There is no FFN.
+    Parameter names follow docs/architecture.md (official ``b_attn.*`` without the prefix). There is no FFN.
     """
 
     @configurable
@@ -189,7 +189,7 @@ class BiAttentionFusion(nn.Module):
         v = self.layer_norm_v(v)
         l = self.layer_norm_l(l)
         delta_v, delta_l = self.attn(v, l, attention_mask_l=mask)
-        # Residual onto the normalised inputs (P3): the un-normalised features are not carried through.
+        # Residual onto the normalised inputs (official detail 3): the un-normalised features are not carried through.
         v = v + _drop_path(self.gamma_v * delta_v, self.drop_path, self.training)
         l = l + _drop_path(self.gamma_l * delta_l, self.drop_path, self.training)
         return v, l

@@ -13,7 +13,7 @@ __all__ = ["FUSION_REGISTRY", "build_fusion", "register_fusion"]
 
 FUSION_REGISTRY = Registry("FUSION")
 FUSION_REGISTRY.__doc__ = """
-Image<->text fusion modules of the VL tower. Called with ``cfg``; see ``docs/CONTRACTS.md`` for the interface.
+Image<->text fusion modules of the VL tower. Called with ``cfg``; see ``docs/architecture.md`` for the interface.
 """
 
 _T = TypeVar("_T")

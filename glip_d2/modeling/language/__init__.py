@@ -1,21 +1,6 @@
-"""Text encoders (LANGUAGE_ENCODER_REGISTRY) and the tokenizer. Importing registers ``HFBertEncoder``."""
-from .build import (
-    EMBEDDED_MINILM,
-    LANGUAGE_ENCODER_REGISTRY,
-    build_language_encoder,
-    build_tokenizer,
-    resolve_language_model_name,
-    tokenize_captions,
-)
-from .hf_bert import HFBertEncoder, rename_official_language_key
+"""Text encoders (LANGUAGE_ENCODER_REGISTRY). Importing registers ``HFBertEncoder``; the tokenizer is in
+``glip_d2.tokenization``."""
+from .build import LANGUAGE_ENCODER_REGISTRY, build_language_encoder
+from .hf_bert import HFBertEncoder
 
-__all__ = [
-    "EMBEDDED_MINILM",
-    "LANGUAGE_ENCODER_REGISTRY",
-    "HFBertEncoder",
-    "build_language_encoder",
-    "build_tokenizer",
-    "rename_official_language_key",
-    "resolve_language_model_name",
-    "tokenize_captions",
-]
+__all__ = ["LANGUAGE_ENCODER_REGISTRY", "HFBertEncoder", "build_language_encoder"]

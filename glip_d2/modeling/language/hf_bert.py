@@ -1,4 +1,4 @@
-"""HF BERT text encoder as GLIP uses it (GLIP_REFERENCE.md §1.4): token features for the fusion tower and head."""
+"""HF BERT text encoder as GLIP uses it: token features for the fusion tower and head."""
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -7,17 +7,37 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from .build import (
-    EMBEDDED_MINILM,
-    LANGUAGE_ENCODER_REGISTRY,
-    build_tokenizer,
-    resolve_language_model_name,
-    tokenize_captions,
-)
+from ...tokenization import EMBEDDED_MINILM, build_tokenizer, resolve_language_model_name, tokenize_captions
+from .build import LANGUAGE_ENCODER_REGISTRY
 
-__all__ = ["HFBertEncoder", "rename_official_language_key"]
+__all__ = ["BERT_BASE_UNCASED_CONFIG", "HFBertEncoder", "text_model_parameter_names"]
 
 logger = logging.getLogger(__name__)
+
+#: config.json of ``bert-base-uncased`` (the official GLIP text model), so its architecture is built without the hub
+#: (the weights then come from a GLIP checkpoint). These are also ``transformers.BertConfig()``'s defaults.
+BERT_BASE_UNCASED_CONFIG = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+
+def text_model_parameter_names(name: str) -> list[str]:
+    """Parameter names of the text model built for MODEL.LANGUAGE.MODEL_NAME ``name`` (relative to the encoder's
+    ``.model``), from its architecture only: built on the meta device, nothing allocated or downloaded."""
+    with torch.device("meta"):
+        return [n for n, _ in _build_bert(name, pretrained=False).named_parameters()]
 
 
 def _build_bert(name: str, pretrained: bool):
@@ -37,7 +57,7 @@ def _build_bert(name: str, pretrained: bool):
                 "MODEL.LANGUAGE.HIDDEN_DIM 384), or set MODEL.LANGUAGE.PRETRAINED False for random weights."
             ) from e
     if name == "bert-base-uncased":
-        config = BertConfig()  # the bert-base-uncased geometry, no download needed
+        config = BertConfig(**BERT_BASE_UNCASED_CONFIG)  # no download needed
     else:
         try:
             config = AutoConfig.from_pretrained(path)
@@ -54,7 +74,7 @@ def _build_bert(name: str, pretrained: bool):
 
 @LANGUAGE_ENCODER_REGISTRY.register()
 class HFBertEncoder(nn.Module):
-    """Tokenizer + HF ``BertModel``; ``forward`` returns ``hidden`` / ``embedded`` / ``masks`` (CONTRACTS.md).
+    """Tokenizer + HF ``BertModel``; ``forward`` returns ``hidden`` / ``embedded`` / ``masks`` (docs/architecture.md).
 
     ``hidden`` is the unmasked last layer (input of the fusion tower); ``embedded`` is the mean of the last
     NUM_LAYERS hidden states divided once more by NUM_LAYERS (as the official code does; a no-op for the
@@ -158,21 +178,3 @@ class HFBertEncoder(nn.Module):
                 special |= input_ids == token_id
             masks = attention_mask * (~special).to(attention_mask.dtype)
         return {"hidden": hidden, "embedded": embedded, "masks": masks}
-
-
-_OFFICIAL_LANGUAGE_PREFIX = "language_backbone.body.model."
-
-
-def rename_official_language_key(key: str) -> str | None:
-    """Map an official ``language_backbone.body.model.*`` key to ``language_encoder.model.*``.
-
-    Returns None for keys to drop (``embeddings.position_ids`` buffer, ``pooler.*``) and for non-language keys.
-    ``module.`` is stripped first.
-    """
-    key = key.removeprefix("module.")
-    if not key.startswith(_OFFICIAL_LANGUAGE_PREFIX):
-        return None
-    rest = key[len(_OFFICIAL_LANGUAGE_PREFIX) :]
-    if rest.startswith("pooler.") or rest in ("embeddings.position_ids", "embeddings.token_type_ids"):
-        return None
-    return "language_encoder.model." + rest
