@@ -15,7 +15,7 @@ import glob
 import logging
 import os
 import tempfile
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -113,7 +113,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
             path = resolve_weights_path(path, self.path_manager)
         return super().load(path, *args, **kwargs)
 
-    def _load_file(self, filename: str) -> Dict[str, Any]:
+    def _load_file(self, filename: str) -> dict[str, Any]:
         data = load_checkpoint_file(filename)
         if filename.endswith(".pkl"):
             return self._detectron_pkl(data)
@@ -141,7 +141,7 @@ class GLIPCheckpointer(DetectionCheckpointer):
         return data
 
     @staticmethod
-    def _detectron_pkl(data) -> Dict[str, Any]:
+    def _detectron_pkl(data) -> dict[str, Any]:
         """detectron2's ``.pkl`` handling (model-zoo or Caffe2 format), on safely unpickled data."""
         if "model" in data and "__author__" in data:
             return data

@@ -4,7 +4,6 @@
 (``cls_logits``' loss is always x0 officially and is not computed). Normalisers are averaged over workers, and
 everything runs in float32 as the official ``custom_fwd(cast_inputs=float32)`` does.
 """
-from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -28,7 +27,7 @@ __all__ = [
 def token_sigmoid_focal_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    text_mask: Optional[torch.Tensor],
+    text_mask: torch.Tensor | None,
     alpha: float = 0.25,
     gamma: float = 2.0,
 ) -> torch.Tensor:
@@ -47,7 +46,7 @@ def token_sigmoid_focal_loss(
     return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="sum")
 
 
-def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, weight: Optional[torch.Tensor] = None):
+def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, weight: torch.Tensor | None = None):
     """Sum of ``(1 - GIoU) * weight`` with continuous areas (no +1) and eps 1e-7, as GLIP's ``GIoULoss``.
 
     Predicted x2/y2 are first raised to at least x1/y1. If ``weight`` sums to 0 the unweighted sum is returned.
@@ -131,7 +130,7 @@ class GLIPLoss:
         self.centerness_loss_weight = centerness_loss_weight
 
     @classmethod
-    def from_config(cls, cfg, box_coder: Optional[GLIPBoxCoder] = None):
+    def from_config(cls, cfg, box_coder: GLIPBoxCoder | None = None):
         return {
             "box_coder": box_coder or GLIPBoxCoder(cfg.MODEL.ATSS.BBOX_REG_WEIGHTS),
             "matcher": ATSSMatcher(cfg.MODEL.ATSS.TOPK, len(cfg.MODEL.ATSS.ASPECT_RATIOS)),
@@ -144,15 +143,15 @@ class GLIPLoss:
 
     def __call__(
         self,
-        box_regression: List[torch.Tensor],
-        centerness: List[torch.Tensor],
-        dot_product_logits: List[torch.Tensor],
-        anchors: List[torch.Tensor],
-        gt_boxes: List[torch.Tensor],
-        gt_positive_maps: List[torch.Tensor],
+        box_regression: list[torch.Tensor],
+        centerness: list[torch.Tensor],
+        dot_product_logits: list[torch.Tensor],
+        anchors: list[torch.Tensor],
+        gt_boxes: list[torch.Tensor],
+        gt_positive_maps: list[torch.Tensor],
         text_masks: torch.Tensor,
         matched_idxs: list[torch.Tensor] | None = None,
-    ) -> Dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         """Head outputs per level ([B,4,H,W], [B,1,H,W], [B,HW,L]); anchors per level [HW,4];
         per image ``gt_boxes`` [G,4] in legacy "+1" xyxy and ``gt_positive_maps`` [G, L]; ``text_masks`` [B, L].
         ``matched_idxs``: :meth:`match`'s result when the caller needs the assignment too (computed here if None).

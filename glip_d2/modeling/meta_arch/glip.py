@@ -14,7 +14,7 @@ image size by a plain ratio multiply as official, and returned in detectron2's c
 ``legacy_to_continuous``) so that detectron2's COCO export gives the official ``w = x2 - x1 + 1``.
 """
 import contextlib
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from detectron2.config import configurable
@@ -127,13 +127,13 @@ class GLIP(nn.Module):
         return self.pixel_mean.device
 
     # ---- stages -------------------------------------------------------------------------------------------
-    def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise (x - mean) / std and zero-pad (after normalisation) to a multiple of 32."""
         images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         divisibility = max(32, int(getattr(self.backbone, "size_divisibility", 0) or 0))
         return ImageList.from_tensors(images, divisibility)
 
-    def encode_text(self, captions: List[str]) -> Dict[str, torch.Tensor]:
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize (padded to MAX_QUERY_LEN) and encode: {"hidden", "embedded", "masks", "input_ids"}."""
         return self.encode_tokens(*self.tokenize(captions))
 
@@ -147,18 +147,18 @@ class GLIP(nn.Module):
         lang["input_ids"] = input_ids
         return lang
 
-    def extract_features(self, images: ImageList) -> List[torch.Tensor]:
+    def extract_features(self, images: ImageList) -> list[torch.Tensor]:
         features = self.backbone(images.tensor)
         return [features[f] for f in self.in_features]
 
-    def predict(self, features: List[torch.Tensor], lang: Dict[str, torch.Tensor]):
+    def predict(self, features: list[torch.Tensor], lang: dict[str, torch.Tensor]):
         """Tower + head. Returns (head outputs, tower visual output, tower language output)."""
         visual, lang_out = self.vl_tower(list(features), dict(lang))
         text = lang_out["hidden"] if self.use_fused_text else lang["embedded"]
         return self.head(visual, text), visual, lang_out
 
     # ---- training -----------------------------------------------------------------------------------------
-    def forward(self, batched_inputs: List[dict]):
+    def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
         for x in batched_inputs:
@@ -202,7 +202,7 @@ class GLIP(nn.Module):
             mlm_labels=mlm_labels, matched_idxs=matched, gt_maps=gt_maps, batched_inputs=batched_inputs,
         )
 
-    def _targets(self, instances: List[Instances]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def _targets(self, instances: list[Instances]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """GT boxes in GLIP's "+1" convention (the single conversion point) and their token maps."""
         boxes, maps = [], []
         for inst in instances:
@@ -233,7 +233,7 @@ class GLIP(nn.Module):
         finally:
             self._stage_record = None
 
-    def inference(self, batched_inputs: List[dict], do_postprocess: bool = True):
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True):
         """Detections per image; the image backbone runs once, every prompt through language + tower + head."""
         if any("prompts" in x and not x["prompts"] for x in batched_inputs):
             raise ValueError("an input dict has an empty 'prompts' list")
@@ -272,7 +272,7 @@ class GLIP(nn.Module):
         return results
 
     @staticmethod
-    def _label(det: Dict[str, torch.Tensor], prompt: dict) -> Dict[str, object]:
+    def _label(det: dict[str, torch.Tensor], prompt: dict) -> dict[str, object]:
         """Map positive-map rows to ``pred_classes`` (``positive_map_labels[row]``) and phrases."""
         rows = det["labels"]
         labels = prompt.get("positive_map_labels")
@@ -286,7 +286,7 @@ class GLIP(nn.Module):
             out["phrases"] = PhraseList(phrases[r] for r in rows.tolist())
         return out
 
-    def _merge(self, dets: List[Dict[str, object]], image_size: Tuple[int, int]) -> Instances:
+    def _merge(self, dets: list[dict[str, object]], image_size: tuple[int, int]) -> Instances:
         """One prompt: as is (the k-th-score rule may keep ties beyond the cap, as official). Several prompts
         (chunked vocabularies): concatenate and keep the top TEST.DETECTIONS_PER_IMAGE by score (<= 0: all of them,
         as the LVIS configs, whose Fixed AP picks per class over the dataset)."""
@@ -310,7 +310,7 @@ class GLIP(nn.Module):
         return inst
 
     @staticmethod
-    def _scale_boxes(boxes: torch.Tensor, from_hw: Tuple[int, int], to_hw: Tuple[int, int]) -> torch.Tensor:
+    def _scale_boxes(boxes: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
         """Resized -> original coordinates by the size ratio (official BoxList.resize; no re-clip, no filtering)."""
         scale_y = float(to_hw[0]) / from_hw[0]
         scale_x = float(to_hw[1]) / from_hw[1]
