@@ -81,6 +81,8 @@ LAUNCH = textwrap.dedent(
             with open(out, "w") as f:
                 json.dump({"world": comm.get_world_size(), "sum": t.item(), "backend": dist.get_backend(),
                            "local": comm.get_local_size()}, f)
+        comm.synchronize()
+        dist.destroy_process_group()  # a clean exit: gloo aborts ("terminate called") if torn down mid-collective
 
 
     if __name__ == "__main__":
