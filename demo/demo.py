@@ -4,6 +4,7 @@
     python demo/demo.py --weights GLIP-T --input photo.jpg "more/*.png" --prompt "person. dog" --output out/
     python demo/demo.py --config-file CFG --weights model_final.pth --input img.png --prompt "a cat on a sofa"
     python demo/demo.py --weights GLIP-T --video-input clip.mp4 --prompt "car. bicycle" --output out.mp4
+    python demo/demo.py --config-file VQA_CFG --weights model_final.pth --input img.png --question "what color is the star?"
 
 ``--weights`` is a checkpoint path or a model-zoo name (``GLIP-T``, ``GLIP-L``, ...; its config is used when
 ``--config-file`` is not given). Each box is labelled with its phrase and score; masks are drawn when the model
@@ -27,7 +28,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import glip_d2  # noqa: F401  (registers GLIP's models and datasets)
 from glip_d2.engine.best_phrase import check_iou_threshold, keep_best_phrase_per_region
-from glip_d2.engine.defaults import load_glip_cfg
+from glip_d2.engine.defaults import load_cli_cfg
 from glip_d2.engine.predictor import GLIPPredictor, to_uint8_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -45,7 +46,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", help="image files or glob patterns ('imgs/*.jpg')")
     p.add_argument("--video-input", help="a video file")
     p.add_argument("--output", help="output file (one input) or folder; default output/demo/")
-    p.add_argument("--prompt", required=True, help="'name. name. name', or a sentence to ground")
+    p.add_argument("--prompt", help="'name. name. name', or a sentence to ground (default for a tuned task file: "
+                                    "the vocabulary it was tuned for)")
+    p.add_argument("--question", help="with a GLIPv2VQA model: a question to answer (drawn with its top answers)")
     p.add_argument("--phrases", nargs="+", help="for a sentence prompt: the phrases to ground in it")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn (official 0.5)")
     p.add_argument(
@@ -61,20 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(args):
     """Config from --config-file / --weights (zoo name or path) / --opts."""
-    config_file, weights = args.config_file, args.weights
-    if weights and not os.path.exists(weights):
-        from glip_d2 import model_zoo
-
-        try:
-            entry = model_zoo.get_entry(weights)
-        except KeyError as e:
-            raise SystemExit(f"--weights {weights!r} is neither a file nor a model-zoo name: {e.args[0]}") from None
-        config_file = config_file or model_zoo.get_config_file(entry.name)
-        weights = model_zoo.get_weights_url(entry.name)
-    if not config_file:
-        raise SystemExit("give --config-file, or a model-zoo name as --weights")
-    opts = list(args.opts) + (["MODEL.WEIGHTS", weights] if weights else [])
-    return load_glip_cfg(config_file, opts)
+    return load_cli_cfg(args.config_file, args.weights, list(args.opts))
 
 
 def read_image(path: str) -> np.ndarray:
@@ -189,6 +179,25 @@ def _write_image(path: str, rgb: np.ndarray) -> None:
         raise OSError(f"could not write {path!r}")
 
 
+def draw_answer(image_bgr: np.ndarray, question: str, answers, instances: Instances, threshold: float) -> np.ndarray:
+    """RGB picture with the question's grounded boxes (score >= ``threshold``) and "Q: ... A: answer (score)"."""
+    rgb = draw(image_bgr, instances, threshold)
+    vis = Visualizer(rgb, metadata=None)
+    text = f"Q: {question}\nA: " + ", ".join(f"{a} ({s:.2f})" for a, s in answers)
+    vis.draw_text(text, (4, 4), font_size=max(10, rgb.shape[0] // 30), color="w", horizontal_alignment="left")
+    return vis.output.get_image()
+
+
+def _is_task_file(weights: str) -> bool:
+    """A prompt- or linear-probe-tuned task file that records its vocabulary (the predictor's prompt then)."""
+    if not weights or not os.path.isfile(weights):
+        return False
+    from glip_d2.checkpoint.task_file import peek_task_info
+
+    info = peek_task_info(weights)
+    return info is not None and bool(info.thing_classes)
+
+
 def predict(predictor: GLIPPredictor, image: np.ndarray, args) -> Instances:
     """The predictor's detections, reduced to one phrase per region when --agnostic-nms is given."""
     instances = predictor(image, args.prompt, args.phrases)
@@ -212,9 +221,15 @@ def run_images(predictor: GLIPPredictor, files: list[str], args, skipped: list[s
             if skipped is not None:
                 skipped.append(f"{path}: {e}")
             continue
+        out = output_path(args.output, path, len(files))
+        if args.question:  # VQA: the top answers and the boxes of the question's phrases
+            answers, instances = predictor.answer(image, args.question, topk=3, boxes=True)
+            _write_image(out, draw_answer(image, args.question, answers, instances, args.confidence_threshold))
+            logger.info("%s: %r -> %s -> %s", path, args.question, answers, out)
+            written.append(out)
+            continue
         instances = predict(predictor, image, args)
         n = int((instances.scores >= args.confidence_threshold).sum())
-        out = output_path(args.output, path, len(files))
         _write_image(out, draw(image, instances, args.confidence_threshold))
         logger.info("%s: %d detections >= %.2f -> %s", path, n, args.confidence_threshold, out)
         written.append(out)
@@ -259,6 +274,11 @@ def main(argv=None, skipped: list[str] | None = None) -> list[str]:
     setup_logger(name="fvcore")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give either --input (images) or --video-input (a video)")
+    if (args.prompt and args.question) or (args.question and args.video_input) or (
+        not args.prompt and not args.question and not _is_task_file(args.weights)
+    ):
+        raise SystemExit("give either --prompt (grounding) or --question (VQA, with --input images); --prompt may be "
+                         "left out when --weights is a tuned task file (its own vocabulary is the prompt)")
     if args.agnostic_nms is not None:
         try:
             check_iou_threshold(args.agnostic_nms)
@@ -274,7 +294,12 @@ def main(argv=None, skipped: list[str] | None = None) -> list[str]:
         return [run_video(predictor, args.video_input, args)]
     files = expand_inputs(args.input)
     check_outputs(args.output, files)
-    predictor = GLIPPredictor(setup_cfg(args))
+    cfg = setup_cfg(args)
+    if args.question:  # the answer vocabulary is registered before the model is built (it sizes the VQA head)
+        from glip_d2.engine.vqa_predictor import answer_vocab_from_cfg
+
+        answer_vocab_from_cfg(cfg)
+    predictor = GLIPPredictor(cfg)
     return run_images(predictor, files, args, skipped)
 
 

@@ -22,6 +22,8 @@ def add_glip_config(cfg: CN) -> CN:
     _add_solver_and_test_keys(cfg)
     _add_dataset_keys(cfg)
     _add_glipv2_keys(cfg)
+    _add_transfer_keys(cfg)
+    _add_vqa_keys(cfg)
     return cfg
 
 
@@ -285,3 +287,62 @@ def _add_glipv2_keys(cfg: CN) -> None:
     _C.MODEL.GLIPV2.MLM.NO_MASK_FOR_GROUNDING = False
     # Weight of loss_mlm (official 1.0).
     _C.MODEL.GLIPV2.MLM.LOSS_WEIGHT = 1.0
+
+
+def _add_transfer_keys(cfg: CN) -> None:
+    """Fine-tuning, prompt tuning and linear probing on a new task (official tools/finetune.py)."""
+    _C = cfg
+    # What trains: "" (as the other keys say), full, linear_probe, language_prompt_v1, prompt (= language_prompt_v2),
+    # language_prompt_v3, language_prompt_v4 (official TUNING_HIGHLEVEL_OVERRIDE; README "Transfer").
+    _C.SOLVER.TUNING_MODE = ""
+    # Train for this many epochs over DATASETS.TRAIN (x GENERAL_COPY) instead of SOLVER.MAX_ITER; 0 = use MAX_ITER.
+    _C.SOLVER.MAX_EPOCH = 0
+    # K-shot training: keep images until every category is in K of them (official greedy sampler); 0 = all data.
+    _C.DATASETS.FEW_SHOT = 0
+    # Seed shuffling the images before few-shot sampling (0 = file order, as official).
+    _C.DATASETS.SHUFFLE_SEED = 0
+    # Repeat the training set this many times per epoch (official GENERAL_COPY, used by the few-shot protocol).
+    _C.DATASETS.GENERAL_COPY = 1
+    # Base weights under a task file in MODEL.WEIGHTS ("" = the base the task file records).
+    _C.MODEL.TASK_BASE_WEIGHTS = ""
+
+
+def _add_vqa_keys(cfg: CN) -> None:
+    """GLIPv2's VQA fine-tuning (meta-architecture GLIPv2VQA) and the synthetic VQA set; unused by other models."""
+    _C = cfg
+    _C.MODEL.VQA = CN()
+    # Name in VL_HEAD_REGISTRY of the task head on the fused text of the last tower block.
+    _C.MODEL.VQA.HEAD_NAME = "VQAHead"
+    # Size of the answer vocabulary; 0 = the length of ANSWER_VOCAB_DATASET's registered answer_vocab.
+    _C.MODEL.VQA.NUM_ANSWERS = 0
+    # Registered VQA dataset whose answer_vocab the head scores ("" = the first of DATASETS.TRAIN).
+    _C.MODEL.VQA.ANSWER_VOCAB_DATASET = ""
+    # Question representation from the fused tokens: "mean" (masked mean over the question's tokens) or "cls".
+    _C.MODEL.VQA.POOLING = "mean"
+    # Hidden width of the 2-layer MLP as a multiple of MODEL.LANGUAGE.HIDDEN_DIM (2 = the usual VQA head).
+    _C.MODEL.VQA.HIDDEN_MULT = 2
+    # Dropout before the answer classifier (training only).
+    _C.MODEL.VQA.DROPOUT = 0.1
+    # Weight of loss_vqa (BCE with logits against the soft scores, times the number of answers).
+    _C.MODEL.VQA.LOSS_WEIGHT = 1.0
+    # Keep GLIP's grounding loss while fine-tuning for VQA; samples whose question has grounded boxes contribute.
+    _C.MODEL.VQA.KEEP_DETECTION_LOSS = False
+    # Weight of the kept grounding losses (token, GIoU, centerness), relative to their GLIP weights.
+    _C.MODEL.VQA.DETECTION_LOSS_WEIGHT = 1.0
+    # Inference also returns "instances" (boxes grounded to the question) for inputs whose prompt has a positive map.
+    _C.MODEL.VQA.RETURN_INSTANCES = False
+
+    _C.DATASETS.SYNTHETIC_VQA = CN()
+    # Folder where the synthetic VQA set is generated (on first use).
+    _C.DATASETS.SYNTHETIC_VQA.ROOT = "datasets/synthetic_vqa"
+    # Images of the train / val / held-out test splits (the scenes of the synthetic grounding set) and the seed.
+    _C.DATASETS.SYNTHETIC_VQA.NUM_TRAIN = 400
+    _C.DATASETS.SYNTHETIC_VQA.NUM_VAL = 50
+    _C.DATASETS.SYNTHETIC_VQA.NUM_TEST = 50
+    _C.DATASETS.SYNTHETIC_VQA.SEED = 0
+    # Questions asked per image (fewer when the scene makes fewer unambiguous).
+    _C.DATASETS.SYNTHETIC_VQA.QUESTIONS_PER_IMAGE = 4
+    # Probability that a question's 10 answers include 1-3 human-like mistakes (synonyms, near counts).
+    _C.DATASETS.SYNTHETIC_VQA.NOISE_PROB = 0.3
+    # Answer vocabulary: multiple_choice_answers seen at least this often in training (VQA v2 practice: 9).
+    _C.DATASETS.SYNTHETIC_VQA.MIN_ANSWER_COUNT = 9

@@ -16,6 +16,7 @@ LAYERS = [
     {"glip_d2.data", "glip_d2.evaluation"},
     {"glip_d2.checkpoint", "glip_d2.model_zoo"},
     {"glip_d2.engine"},
+    {"glip_d2.export"},
 ]
 
 

@@ -6,11 +6,15 @@
     python tools/benchmark.py --mode train --device cuda        # one training iteration (batch --batch)
     python tools/benchmark.py --mode train --baseline torchvision-dcn \
         --config configs/quick_schedules/Base-GLIP-tiny.yaml --height 224 --width 320   # CPU deformable-conv kernels
+    python tools/benchmark.py --onnx --height 480 --width 640   # ONNX Runtime vs PyTorch (needs the [export] extra)
 
 Each variant runs in its own subprocess so that CPU peak memory (the process's peak RSS, reset after the model is
 built) belongs to that variant alone. Timed: ``model.inference`` on one image with the 80 COCO names as the prompt
 (preprocessing, text encoder, backbone, tower, head, post-processing), median of ``--runs`` after ``--warmup``.
 With random weights almost no box passes the 0.05 score threshold, so NMS time is negligible here.
+``--onnx`` compares deployments instead (one subprocess, time only): the PyTorch ``GLIPPredictor`` (baseline) against
+``OnnxGLIP`` on the exported file, with and without the text encoder's outputs cached for the fixed prompt
+(``export_onnx(text_features=True)``); the image is fed at ``--height`` x ``--width`` (not resized).
 ``--mode train`` times one optimisation step instead (forward with losses, backward, AdamW step) on a batch of
 ``--batch`` images carrying ``--objects`` random ground-truth boxes each, grounded to random prompt phrases.
 """
@@ -139,6 +143,96 @@ def run_variant(args) -> dict:
             "params_m": params / 1e6, "peak_extra_mb": peak, "peak_total_mb": total}
 
 
+def run_onnx_comparison(args) -> dict:
+    """Child process of ``--onnx``: export the model twice (token ids / text features as inputs), then time one
+    predictor call per image for PyTorch and both ONNX Runtime files. Self-contained: nothing else uses it."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, REPO)
+    import glip_d2  # noqa: F401
+
+    # isort: split
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+    from detectron2.modeling import build_model
+
+    from glip_d2.engine.defaults import load_glip_cfg
+    from glip_d2.engine.predictor import GLIPPredictor
+    from glip_d2.export import OnnxGLIP, export_onnx
+
+    cfg = load_glip_cfg(os.path.join(REPO, args.config), freeze=False)
+    cfg.MODEL.LANGUAGE.PRETRAINED = False  # random weights, no download
+    if cfg.MODEL.LANGUAGE.MODEL_NAME == "bert-base-uncased":
+        cfg.MODEL.LANGUAGE.TOKENIZER = "embedded-minilm"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = min(args.height, args.width), max(args.height, args.width)
+    torch.manual_seed(0)
+    predictor = GLIPPredictor(cfg, model=build_model(cfg).eval())
+    names = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    while len(predictor.encode_prompt(names)) > 1:  # as many names as one prompt holds
+        names = names[:-1]
+    image = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    padded = [int(-(-d // 32) * 32) for d in (args.height, args.width)]
+
+    def timed(call) -> list[float]:
+        for _ in range(args.warmup):
+            call()
+        times = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return times
+
+    results = {"pytorch": {"times": timed(lambda: predictor(image, names))}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for role, text_features in (("onnx", False), ("onnx_cached_text", True)):
+            path = os.path.join(tmp, f"{role}.onnx")
+            summary = export_onnx(cfg, path, model=predictor.model, height=padded[0], width=padded[1],
+                                  text_features=text_features)
+            start = time.perf_counter()
+            runtime = OnnxGLIP(path, threads=args.threads)
+            load_s = time.perf_counter() - start
+            results[role] = {"times": timed(lambda rt=runtime: rt(image, names)), "mb": summary["bytes"] / 2**20,
+                             "export_s": summary["export_seconds"], "load_s": load_s}
+            if text_features:  # the text encoder alone: what the cache saves per image
+                session, feeds = runtime.model.text_session, _token_feeds(runtime, names)
+                results["text_encoder"] = {"times": timed(lambda s=session, f=feeds: s.run(None, f))}
+    for r in results.values():
+        r["median_s"], r["min_s"] = statistics.median(r["times"]), min(r["times"])
+    return {"names": len(names), "padded": padded, "results": results}
+
+
+def _token_feeds(runtime, names) -> dict:
+    """Token ids and attention mask of the benchmark prompt, as OnnxGLIP feeds its text encoder."""
+    from glip_d2.tokenization import tokenize_captions
+
+    caption = runtime.encode_prompt(names)[0]["caption"]
+    tokens = tokenize_captions(runtime.tokenizer, [caption], runtime.max_len, pad_max=True)
+    return {k: v.numpy() for k, v in tokens.items()}
+
+
+def print_onnx_comparison(args, out: dict) -> None:
+    r = out["results"]
+    base = r["pytorch"]["median_s"]
+    print(f"deployment, one image per call (predictor call: resize, prompt, forward, NMS); CPU, {args.threads} "
+          f"threads, input {args.height}x{args.width} (padded {out['padded'][0]}x{out['padded'][1]}), random "
+          f"weights, {out['names']}-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
+    header = f"{'variant':<46}{'median s':>10}{'min s':>9}{'time x':>8}{'file MB':>9}{'export s':>10}{'load s':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = [("PyTorch GLIPPredictor (baseline)", "pytorch"), ("OnnxGLIP, one file (text encoder per image)", "onnx"),
+            ("OnnxGLIP, text features cached (fixed prompt)", "onnx_cached_text"),
+            ("  of which saved: ONNX text encoder alone", "text_encoder")]
+    for label, key in rows:
+        v = r[key]
+        extra = (f"{v['mb']:>9.0f}{v['export_s']:>10.1f}{v['load_s']:>8.1f}" if "mb" in v else "")
+        print(f"{label:<46}{v['median_s']:>10.3f}{v['min_s']:>9.3f}{v['median_s'] / base:>8.2f}{extra}")
+
+
 def training_record(prompt: dict, image, n_objects: int, generator) -> dict:
     """A mapper-style training dict: the image, the prompt, and ``n_objects`` random boxes grounded to random
     phrases of the prompt (``instances.gt_positive_map`` = their token rows)."""
@@ -172,13 +266,33 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--onnx", action="store_true",
+                        help="compare PyTorch with ONNX Runtime (exported file, with/without cached text features)")
     parser.add_argument("--variant-config", help=argparse.SUPPRESS)  # child process only
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--deform-impl", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.variant_config:
-        print("BENCHMARK_RESULT " + json.dumps(run_variant(args)), flush=True)
+        result = run_onnx_comparison(args) if args.onnx else run_variant(args)
+        print("BENCHMARK_RESULT " + json.dumps(result), flush=True)
+        return
+    if args.onnx:
+        if args.device != "cpu" or args.mode != "inference":
+            raise SystemExit("--onnx compares CPU inference (ONNX Runtime's CPU provider)")
+        cmd = [sys.executable, os.path.abspath(__file__), "--onnx", "--variant-config", args.config, "--config",
+               args.config, "--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width),
+               "--runs", str(args.runs), "--warmup", str(args.warmup)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK_RESULT ")]
+        if proc.returncode != 0 or not line:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"--onnx benchmark of {args.config} failed (exit {proc.returncode})")
+        out = json.loads(line[0].split(" ", 1)[1])
+        print_onnx_comparison(args, out)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
         return
 
     variants = [("model", args.config, False, "auto")]

@@ -61,6 +61,12 @@ fi
 
 echo "[install] glip_d2 (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e . 2>&1 | quiet
+# The [export] extra (ONNX export + ONNX Runtime), read from setup.py; `pip install -e .[export]` would also resolve
+# install_requires, whose "detectron2" is installed above under another distribution name.
+echo "[install] ONNX export extra (setup.py extras_require['export'])"
+EXPORT_REQS=$(sed -n 's/.*"export": \[\(.*\)\],*$/\1/p' setup.py | tr -d '",')
+[ -n "$EXPORT_REQS" ] || { echo "[install] cannot read extras_require['export'] from setup.py"; exit 1; }
+"${PIP[@]}" $EXPORT_REQS 2>&1 | quiet
 # detectron2 must work on its own: glip_d2 patches nothing at import.
 "$VENV/bin/python" -W ignore -c "from detectron2.config import get_cfg; import detectron2.modeling, detectron2.data.transforms; from detectron2.evaluation import COCOEvaluator, LVISEvaluator" \
   || { echo "[install] detectron2 does not import on its own (above); DETECTRON2=pb1 installs a patched v0.6, or build detectron2 from source"; exit 1; }

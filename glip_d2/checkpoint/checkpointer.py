@@ -9,7 +9,9 @@ What it adds to ``DetectionCheckpointer`` (used by the trainer, the predictor an
   ``CheckpointMismatchError`` / ``WrongVariantError`` lists every difference; other glip_d2 checkpoints keep
   detectron2's lenient behaviour (partial loads for fine-tuning) unless ``strict=True``;
 - ``save()`` writes to a temporary file in the same folder and renames it over the target, so an interrupted save
-  never destroys the previous checkpoint (same for the ``last_checkpoint`` tag).
+  never destroys the previous checkpoint (same for the ``last_checkpoint`` tag);
+- task files (:mod:`.task_file`): with ``task_info`` the saves hold only the tuned tensors; loading a task file
+  loads its base weights first (sha256-checked), then the tuned tensors, which must all fit the model.
 """
 import glob
 import logging
@@ -29,6 +31,7 @@ from .convert import (
 from .errors import CheckpointError
 from .hub import ZOO_PREFIX, register_path_handler, resolve_zoo_url
 from .safe_load import load_checkpoint_file
+from .task_file import TASK_INFO_KEY, TaskInfo, fit_model_to_task, task_state_dict, verify_base
 
 __all__ = [
     "GLIPCheckpointer", "atomic_torch_save", "remove_stale_temp_files", "resolve_weights_path", "CONVERSION_INFO_KEY",
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 #: Entry of a converted checkpoint holding its provenance (source file, sha256, variant).
 CONVERSION_INFO_KEY = "glip_d2_conversion"
 _STRICT_KEY = "__glip_d2_strict_source__"
+_TASK_SOURCE_KEY = "__glip_d2_task_source__"
 
 
 def _temp_prefix(path: str) -> str:
@@ -99,10 +103,24 @@ def resolve_weights_path(path: str, path_manager=None) -> str:
 class GLIPCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with safe loading, official-GLIP conversion, ``glip_d2://`` URLs and atomic saves."""
 
-    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, strict: bool = False, **checkpointables):
-        """``strict``: every checkpoint (not only official/converted ones) must fit the model exactly."""
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        save_to_disk=None,
+        strict: bool = False,
+        task_info: TaskInfo | None = None,
+        task_base_weights: str = "",
+        **checkpointables,
+    ):
+        """``strict``: every checkpoint (not only official/converted ones) must fit the model exactly.
+        ``task_info``: save task files (the trainable tensors + this info) instead of the whole model.
+        ``task_base_weights``: the base weights to load under a task file instead of the one it records."""
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.strict = strict
+        self.task_info = task_info
+        self.task_base_weights = task_base_weights
         register_path_handler()
         if self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir):
             remove_stale_temp_files(self.save_dir)  # a run killed while saving; resuming starts clean
@@ -122,6 +140,10 @@ class GLIPCheckpointer(DetectionCheckpointer):
                     "__author__": "pycls", "matching_heuristics": True}
         if not isinstance(data, dict):
             raise CheckpointError(f"{filename} holds a {type(data).__name__}, not a checkpoint dict.")
+        if TASK_INFO_KEY in data:
+            self._load_task_base(TaskInfo.from_dict(data[TASK_INFO_KEY], where=filename), filename)
+            data[_TASK_SOURCE_KEY] = f"task file {filename}"
+            return data
         weights = data.get("model", data)
         if isinstance(weights, dict) and is_official_state_dict(weights):
             result = convert_official_checkpoint(data)
@@ -150,7 +172,39 @@ class GLIPCheckpointer(DetectionCheckpointer):
         data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
+    def _load_task_base(self, info: TaskInfo, filename: str) -> None:
+        """Load the base weights a task file was tuned from (``task_base_weights`` overrides the recorded name)."""
+        base = self.task_base_weights or info.base_weights
+        if not base:
+            logger.warning("%s was tuned from a randomly initialised model: only its tuned tensors are loaded.", filename)
+            return
+        path = resolve_weights_path(base, self.path_manager)
+        verify_base(info, path, filename)
+        logger.info("%s is a %r task file: loading its base weights %s first.", filename, info.tuning_mode, base)
+        if self.task_info is not None:  # a run continuing from a task file: its own task files keep that base
+            self.task_info.base_weights, self.task_info.base_sha256 = base, info.base_sha256
+        base_checkpoint = self._load_file(path)
+        if _TASK_SOURCE_KEY in base_checkpoint:
+            raise CheckpointError(f"{filename}: its base {base} is itself a task file; give the original base weights")
+        incompatible = self._load_model(base_checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+
+    def _load_task_tensors(self, checkpoint: dict, source: str) -> None:
+        weights = checkpoint.pop("model")
+        consume_prefix_in_state_dict_if_present(weights, "module.")
+        state = fit_model_to_task(self.model, weights, source)
+        with torch.no_grad():
+            for key, value in weights.items():
+                state[key].copy_(value)
+        logger.info("Loaded %d tuned tensors from %s.", len(weights), source)
+
     def _load_model(self, checkpoint: Any):
+        task_source = checkpoint.pop(_TASK_SOURCE_KEY, None)
+        if task_source is not None:
+            checkpoint.pop(TASK_INFO_KEY, None)
+            self._load_task_tensors(checkpoint, task_source)
+            return None
         source = checkpoint.pop(_STRICT_KEY, None)
         if source is not None:
             weights = checkpoint["model"]
@@ -177,7 +231,10 @@ class GLIPCheckpointer(DetectionCheckpointer):
             return
         if "://" in self.save_dir:  # remote storage: no atomic rename, fall back to detectron2
             return super().save(name, **kwargs)
-        data = {"model": self.model.state_dict()}
+        if self.task_info is not None:  # only what was tuned, and where it was tuned from
+            data = {"model": task_state_dict(self.model), TASK_INFO_KEY: self.task_info.to_dict()}
+        else:
+            data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

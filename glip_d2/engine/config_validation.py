@@ -11,6 +11,8 @@ import uuid
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .transfer import transfer_problems
+
 __all__ = ["check_output_dir", "solver_problems", "validate_training_config"]
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def solver_problems(cfg) -> list[str]:
         problems.append(f"SOLVER.CHECKPOINT_PERIOD {s.CHECKPOINT_PERIOD!r}: must be an integer >= 1")
     if not _is_int(cfg.TEST.EVAL_PERIOD) or cfg.TEST.EVAL_PERIOD < 0:
         problems.append(f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD!r}: must be an integer >= 0 (0: evaluate at the end)")
-    return problems
+    return problems + transfer_problems(cfg)
 
 
 def check_output_dir(output_dir: str) -> None:

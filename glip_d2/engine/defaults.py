@@ -1,5 +1,6 @@
 """Config + process setup shared by ``train_net.py``, the demo and the predictor (detectron2's ``default_setup``)."""
 import logging
+import os
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -11,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_glip_config
 from .config_validation import check_output_dir, validate_training_config
 
-__all__ = ["default_glip_setup", "get_glip_cfg", "load_glip_cfg"]
+__all__ = ["default_glip_setup", "get_glip_cfg", "load_glip_cfg", "load_cli_cfg"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,24 @@ def load_glip_cfg(config_file: str = "", opts: list[str] | None = None, *, freez
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def load_cli_cfg(config_file: str, weights: str, opts: list[str], *, freeze: bool = True) -> CfgNode:
+    """The config of a command line with ``--config-file`` / ``--weights`` (a file or a model-zoo name, whose config
+    is the default) / ``KEY VALUE`` overrides; a clear ``SystemExit`` for a name that is neither."""
+    if weights and not os.path.exists(weights):
+        from ..model_zoo import get_config_file, get_entry, get_weights_url
+
+        try:
+            entry = get_entry(weights)
+        except KeyError as e:
+            raise SystemExit(f"--weights {weights!r} is neither a file nor a model-zoo name: {e.args[0]}") from None
+        config_file = config_file or get_config_file(entry.name)
+        weights = get_weights_url(entry.name)
+    if not config_file:
+        raise SystemExit("give --config-file, or a model-zoo name as --weights")
+    opts = [o for o in opts if o != "--"] + (["MODEL.WEIGHTS", weights] if weights else [])
+    return load_glip_cfg(config_file, opts, freeze=freeze)
 
 
 def _collect_env_info_tolerant() -> str:

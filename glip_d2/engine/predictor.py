@@ -14,6 +14,11 @@ Prompt forms (see :meth:`GLIPPredictor.encode_prompt`):
 An encoded prompt (tokenization + positive maps) is cached by its text, so a repeated prompt is not re-encoded;
 the text encoder itself still runs per image, because fusion updates the text features with each image.
 
+Tuned tasks (prompt tuning, linear probing; :mod:`.task_bank`): ``MODEL.WEIGHTS`` may be a task file (its base is
+loaded under it), and ``add_task(path)`` loads more task files over the same base; ``predictor(image, task=name)``
+runs a task with the vocabulary it was tuned for, built exactly as in training and evaluation (a prompt-tuned
+offset belongs to token positions, so the prompt must be the same), or with any other prompt given.
+
 Images are OpenCV-style HxWxC arrays in ``INPUT.FORMAT`` order (BGR by default). Accepted and converted:
 grayscale (HxW or HxWx1, replicated to 3 channels), 4-channel (the alpha channel is dropped, not composited),
 uint16 (scaled to 0..255 by /257). Refused with a clear error: non-arrays, empty images (0 pixels), other channel
@@ -28,10 +33,13 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ..checkpoint.checkpointer import resolve_weights_path
+from ..checkpoint.task_file import peek_task_info
 from ..data.prompts import demo_prompt, free_text_prompt, split_vocabulary
 from ..data.tokens import encode_prompt
 from ..data.transforms import build_glip_augmentation
 from ..structures import PhraseList
+from .task_bank import TaskBank
 
 __all__ = ["GLIPPredictor", "PromptType", "parse_prompt", "to_uint8_image"]
 
@@ -163,14 +171,19 @@ class GLIPPredictor:
 
     def __init__(self, cfg, model: torch.nn.Module | None = None):
         self.cfg = cfg.clone()
+        task_file, base_path = "", ""
         if model is None:
             from .trainer import GLIPTrainer
 
             if not cfg.MODEL.WEIGHTS:
                 logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model.")
+            base_cfg, task_file, base_path = _base_and_task(self.cfg)
             # same loading as --eval-only: official/zoo weights converted, EMA weights when SOLVER.EMA_EVAL
-            model = GLIPTrainer.build_model_for_eval(self.cfg)
+            model = GLIPTrainer.build_model_for_eval(base_cfg)
         self.model = model.eval()
+        self.tasks = TaskBank(self.model, base_path)
+        if task_file:
+            self.set_task(self.add_task(task_file))
         self.tokenizer = self.model.language_encoder.tokenizer
         self.max_len = int(cfg.MODEL.LANGUAGE.MAX_QUERY_LEN)
         self.aug = T.AugmentationList(build_glip_augmentation(cfg, is_train=False))
@@ -179,6 +192,28 @@ class GLIPPredictor:
             raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB' for the predictor, got {self.input_format!r}")
         self._cache: dict[tuple, list[dict]] = OrderedDict()
         self.cache_hits = 0
+
+    # ------------------------------------------------------------------------------------------------ tasks
+    def add_task(self, path: str, name: str | None = None) -> str:
+        """Load a task file over this predictor's base model; returns its name (for ``task=`` / ``set_task``)."""
+        return self.tasks.add(path, name)
+
+    def set_task(self, name: str | None) -> None:
+        """Run task ``name`` from now on (None: the base model)."""
+        self.tasks.activate(name)
+
+    def task_prompt(self, name: str) -> list[dict]:
+        """The prompt(s) task ``name`` was tuned with: its vocabulary joined by its separator, chunked as the
+        evaluation chunks it."""
+        info = self.tasks.info(name)
+        if not info.thing_classes:
+            raise ValueError(f"task {name!r} records no vocabulary: give a prompt")
+        p = self.cfg.INPUT.PROMPT
+        chunks = split_vocabulary(
+            info.thing_classes, self.tokenizer, max_len=self.max_len, separator=info.separator,
+            chunk_size=p.CHUNK_SIZE, only_if_needed=p.CHUNK_ONLY_IF_NEEDED,
+        )
+        return [encode_prompt(c, self.tokenizer, self.max_len) for c in chunks]
 
     # ------------------------------------------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: PromptType, phrases: Sequence[str] | None = None) -> list[dict]:
@@ -252,7 +287,20 @@ class GLIPPredictor:
         return instances
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray, prompt: PromptType, phrases: Sequence[str] | None = None) -> Instances:
+    def __call__(
+        self, image: np.ndarray, prompt: PromptType | None = None, phrases: Sequence[str] | None = None,
+        task: str | None = None,
+    ) -> Instances:
+        """Detections for one image. ``task``: switch to that loaded task first; with no ``prompt`` the active
+        task's own vocabulary is the prompt."""
+        if task is not None:
+            self.set_task(task)
+        if prompt is None:
+            if self.tasks.active is None:
+                raise ValueError("no prompt given and no task active: give a prompt (names or a sentence) or task=")
+            encoded = self.task_prompt(self.tasks.active)
+            out = self.model([self._model_input(image, encoded, "image")])[0]["instances"].to("cpu")
+            return self._with_phrases(out, encoded)
         return self.predict_batch([image], [prompt], None if phrases is None else [phrases])[0]
 
     @torch.no_grad()
@@ -285,3 +333,27 @@ class GLIPPredictor:
         outputs = self.model(inputs)
         return [self._with_phrases(o["instances"].to("cpu"), enc) for o, enc in zip(outputs, encoded)]
 
+    def answer(self, image: np.ndarray, question: str, topk: int = 5, *, boxes: bool = False, phrases=None):
+        """A GLIPv2VQA model's top-``topk`` ``[(answer, score)]`` for ``question`` about ``image``; with
+        ``boxes=True`` also the boxes of the question's phrases: ``(answers, Instances)``. See
+        :mod:`glip_d2.engine.vqa_predictor`."""
+        from .vqa_predictor import answer_question
+
+        return answer_question(self, image, question, topk, boxes=boxes, phrases=phrases)
+
+
+def _base_and_task(cfg):
+    """(config whose MODEL.WEIGHTS is the base, task file or "", base weights file or "") for a predictor:
+    a task file in MODEL.WEIGHTS is loaded over its base by the task bank."""
+    if not cfg.MODEL.WEIGHTS:
+        return cfg, "", ""
+    path = resolve_weights_path(cfg.MODEL.WEIGHTS)
+    info = peek_task_info(path)
+    if info is None:
+        return cfg, "", path
+    base = cfg.MODEL.TASK_BASE_WEIGHTS or info.base_weights
+    base_cfg = cfg.clone()
+    base_cfg.defrost()
+    base_cfg.MODEL.WEIGHTS = base
+    base_cfg.SOLVER.TUNING_MODE = ""  # the task bank adds what the task needs (e.g. a prompt offset)
+    return base_cfg, path, resolve_weights_path(base) if base else ""

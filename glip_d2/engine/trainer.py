@@ -8,7 +8,10 @@ What differs from detectron2's ``DefaultTrainer`` and why:
 * optional EMA of weights (``SOLVER.EMA_DECAY``) saved as ``model_ema`` and used for evaluation when
   ``SOLVER.EMA_EVAL``;
 * DDP with ``device_ids=None`` on CPU so gloo multi-process training works (detectron2 v0.6 passes a GPU id);
-* ``GLIPCheckpointer`` (atomic saves, official/zoo weights) instead of ``DetectionCheckpointer``.
+* ``GLIPCheckpointer`` (atomic saves, official/zoo weights) instead of ``DetectionCheckpointer``;
+* transfer (README "Transfer"): ``SOLVER.TUNING_MODE`` decides what trains (task checkpoints hold only that),
+  ``DATASETS.FEW_SHOT`` / ``SHUFFLE_SEED`` / ``GENERAL_COPY`` build the training set, ``SOLVER.MAX_EPOCH`` the
+  schedule.
 """
 import logging
 import os
@@ -32,6 +35,7 @@ from .optimizer import (
     build_glip_optimizer,
     build_gradient_clipper,
 )
+from .transfer import task_info_from_cfg, with_epoch_schedule
 
 __all__ = ["GLIPTrainStep", "GLIPTrainer", "amp_dtype_from_cfg", "create_ddp_model"]
 
@@ -156,8 +160,12 @@ class GLIPTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         validate_training_config(cfg)  # schedule and OUTPUT_DIR, before anything is built
 
+        if cfg.SOLVER.MAX_EPOCH > 0:  # the schedule in iterations needs the training set's size
+            cfg = with_epoch_schedule(cfg, len(self.build_train_records(cfg)))
         data_loader = self.build_train_loader(cfg)  # first: it validates the data before the model is built
         model = self.build_model(cfg)
+        if cfg.SOLVER.TUNING_MODE:
+            model.set_tuning_mode(cfg.SOLVER.TUNING_MODE)  # before the optimizer: it takes the trainable ones only
         optimizer = self.build_optimizer(cfg, model)
         self.ema = ModelEMA(model, cfg.SOLVER.EMA_DECAY) if cfg.SOLVER.EMA_DECAY > 0 else None
 
@@ -171,7 +179,10 @@ class GLIPTrainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         extra = {"model_ema": self.ema} if self.ema is not None else {}
-        self.checkpointer = _checkpointer_class()(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra)
+        self.checkpointer = _checkpointer_class()(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), task_info=task_info_from_cfg(cfg),
+            task_base_weights=cfg.MODEL.TASK_BASE_WEIGHTS, **extra,
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -229,6 +240,10 @@ class GLIPTrainer(DefaultTrainer):
         loaded next (``MODEL.WEIGHTS``) do not provide it (:func:`~glip_d2.checkpoint.resolve_text_pretrained`)."""
         from ..checkpoint.weights_content import resolve_text_pretrained
 
+        if cfg.MODEL.META_ARCHITECTURE == "GLIPv2VQA" and cfg.MODEL.VQA.NUM_ANSWERS <= 0:
+            from .vqa_predictor import answer_vocab_from_cfg
+
+            answer_vocab_from_cfg(cfg)  # registers the answer vocabulary that sizes the head (--eval-only too)
         return super().build_model(resolve_text_pretrained(cfg))
 
     @classmethod
@@ -240,17 +255,36 @@ class GLIPTrainer(DefaultTrainer):
         return build_glip_lr_scheduler(cfg, optimizer)
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_records(cls, cfg) -> list[dict]:
+        """The training dicts: validated (``DATASETS.ON_INVALID``), K-shot sampled per dataset when
+        ``DATASETS.FEW_SHOT`` is set, repeated ``DATASETS.GENERAL_COPY`` times."""
         from ..data.datasets import register_datasets_from_cfg
-        from ..data.mapper import GroundingDatasetMapper, tag_records
+        from ..data.few_shot import few_shot_subset, repeat_records
+        from ..data.mapper import tag_records
         from ..data.validation import validated_dataset_dicts_from_cfg
 
         register_datasets_from_cfg(cfg)  # synthetic set (generated on first use), DATASETS.REGISTER_COCO
-        if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET:  # per-dataset prompt sources: each record names its dataset
-            dataset = [d for name in cfg.DATASETS.TRAIN
-                       for d in tag_records(validated_dataset_dicts_from_cfg(cfg, [name], is_train=True), name)]
+        if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET or cfg.DATASETS.FEW_SHOT:  # per dataset
+            dataset = []
+            for name in cfg.DATASETS.TRAIN:
+                records = validated_dataset_dicts_from_cfg(cfg, [name], is_train=True)
+                records = few_shot_subset(records, int(cfg.DATASETS.FEW_SHOT), int(cfg.DATASETS.SHUFFLE_SEED))
+                # per-dataset prompt sources: each record names its dataset
+                dataset += tag_records(records, name) if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET else records
         else:
-            dataset = validated_dataset_dicts_from_cfg(cfg, cfg.DATASETS.TRAIN, is_train=True)  # DATASETS.ON_INVALID
+            dataset = validated_dataset_dicts_from_cfg(cfg, cfg.DATASETS.TRAIN, is_train=True)
+        return repeat_records(dataset, int(cfg.DATASETS.GENERAL_COPY))
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from ..data.datasets import register_datasets_from_cfg
+        from ..data.mapper import GroundingDatasetMapper
+        from .vqa_data import build_vqa_train_loader, is_vqa_data
+
+        register_datasets_from_cfg(cfg)
+        if is_vqa_data(cfg.DATASETS.TRAIN):  # questions + soft answers (GLIPv2VQA): VQADatasetMapper, no box checks
+            return build_vqa_train_loader(cfg)
+        dataset = cls.build_train_records(cfg)
         return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True), dataset=dataset)
 
     @classmethod
@@ -258,8 +292,11 @@ class GLIPTrainer(DefaultTrainer):
         from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
         from ..data.validation import validated_dataset_dicts_from_cfg
+        from .vqa_data import build_vqa_test_loader, is_vqa_data
 
         register_datasets_from_cfg(cfg)
+        if is_vqa_data([dataset_name]):  # evaluated by VQAEvaluator (evaluation/build.py)
+            return build_vqa_test_loader(cfg, dataset_name)
         return build_detection_test_loader(
             validated_dataset_dicts_from_cfg(cfg, [dataset_name], is_train=False),
             mapper=GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset_name),
@@ -298,7 +335,8 @@ class GLIPTrainer(DefaultTrainer):
         use_ema = cfg.SOLVER.EMA_DECAY > 0 and cfg.SOLVER.EMA_EVAL
         captured = _CapturedState()
         checkpointer = _checkpointer_class()(
-            model, save_dir=cfg.OUTPUT_DIR, **({"model_ema": captured} if use_ema else {})
+            model, save_dir=cfg.OUTPUT_DIR, task_base_weights=cfg.MODEL.TASK_BASE_WEIGHTS,
+            **({"model_ema": captured} if use_ema else {}),
         )
         if not path:
             logger.warning("No MODEL.WEIGHTS and no checkpoint to resume: evaluating randomly initialised weights.")

@@ -2,7 +2,8 @@
 
 Importing this package registers the builtin names with default paths under ``$DETECTRON2_DATASETS``
 (default ``./datasets``), as detectron2 does, without touching the disk; data is read on
-``DatasetCatalog.get``. The synthetic datasets are registered (and generated) by :func:`register_synthetic`.
+``DatasetCatalog.get``. The synthetic datasets are registered (and generated) by :func:`register_synthetic`;
+the ODinW sets by :func:`register_odinw_benchmark`, or when a config's DATASETS.TRAIN/TEST name them.
 """
 import os
 
@@ -24,6 +25,15 @@ from .mdetr import (
     register_all_mdetr,
     register_mdetr_grounding,
 )
+from .odinw import (
+    ODINW_13,
+    ODINW_35,
+    odinw_config_overrides,
+    odinw_info,
+    register_odinw_benchmark,
+    register_odinw_from_cfg,
+    unsupported_overrides,
+)
 from .synthetic import CATEGORY_NAMES as SYNTHETIC_CATEGORY_NAMES
 from .synthetic import (
     SYNTHETIC_DATASETS,
@@ -31,36 +41,62 @@ from .synthetic import (
     register_synthetic,
     register_synthetic_from_cfg,
 )
+from .synthetic_domains import DOMAINS as SYNTHETIC_DOMAINS
+from .synthetic_domains import register_synthetic_domain, register_synthetic_domains_from_cfg
+from .synthetic_vqa import SYNTHETIC_VQA_DATASETS, register_synthetic_vqa, register_synthetic_vqa_from_cfg
+from .vqa import VQA_V2_BUILTIN, build_answer_vocab, load_vqa_json, register_vqa, register_vqa_from_cfg
 
 __all__ = [
     "COCO_GROUNDING_BUILTIN",
     "LVIS_BUILTIN",
     "MDETR_BUILTIN",
+    "ODINW_13",
+    "ODINW_35",
     "SYNTHETIC_CATEGORY_NAMES",
     "SYNTHETIC_DATASETS",
+    "SYNTHETIC_DOMAINS",
     "generate_synthetic_dataset",
     "load_grounding_json",
     "load_lvis_grounding_json",
+    "odinw_config_overrides",
+    "odinw_info",
     "register_coco_grounding",
     "register_lvis_grounding",
     "register_mdetr_grounding",
     "register_odinw",
+    "register_odinw_benchmark",
+    "register_odinw_from_cfg",
     "register_synthetic",
     "register_synthetic_from_cfg",
+    "register_synthetic_domain",
+    "register_synthetic_domains_from_cfg",
+    "unsupported_overrides",
     "register_datasets_from_cfg",
+    "SYNTHETIC_VQA_DATASETS",
+    "VQA_V2_BUILTIN",
+    "build_answer_vocab",
+    "load_vqa_json",
+    "register_synthetic_vqa",
+    "register_synthetic_vqa_from_cfg",
+    "register_vqa",
+    "register_vqa_from_cfg",
 ]
 
 
 def register_datasets_from_cfg(cfg) -> list:
     """Register what a config asks for before its data loaders are built (called by the trainer).
 
-    The synthetic sets when DATASETS.TRAIN/TEST name them (generated on first use), and every
+    The synthetic sets (grounding and VQA) and the builtin VQA v2 splits when DATASETS.TRAIN/TEST name them
+    (synthetic data generated on first use), and every
     ``(name, json_file, image_root)`` of DATASETS.REGISTER_COCO as COCO-format grounding data, so that one command
-    evaluates a user's own json. Returns the names registered.
+    evaluates a user's own json; then the ODinW names (``odinw_Aquarium_val``, ...) nobody registered yet.
+    Returns the names registered.
     """
     from detectron2.data import DatasetCatalog
 
     names = list(register_synthetic_from_cfg(cfg))
+    names += register_synthetic_domains_from_cfg(cfg)  # transfer domains, when named
+    names += register_synthetic_vqa_from_cfg(cfg) + register_vqa_from_cfg(cfg)  # VQA sets: only those used
     for entry in cfg.DATASETS.REGISTER_COCO:
         if len(entry) != 3:
             raise ValueError(f"DATASETS.REGISTER_COCO entries are (name, json_file, image_root); got {entry!r}")
@@ -70,6 +106,7 @@ def register_datasets_from_cfg(cfg) -> list:
         if name not in DatasetCatalog.list():
             register_coco_grounding(name, json_file, image_root)
         names.append(name)
+    names += register_odinw_from_cfg(cfg)
     return names
 
 

@@ -21,6 +21,8 @@ __all__ = ["COCO_GROUNDING_BUILTIN", "register_all_coco_grounding", "register_co
 
 
 def _load(json_file: str, image_root: str, name: str, thing_classes: list[str] | None) -> list[dict]:
+    if not PathManager.exists(json_file):  # registration is lazy: say which dataset wanted the missing file
+        raise FileNotFoundError(f"dataset '{name}': annotation file not found: {json_file}")
     if thing_classes is None:
         return load_coco_json(json_file, image_root, name)  # sets thing_classes from the json
     # Renamed categories: load without touching metadata, then map ids ourselves (the metadata already has
@@ -30,7 +32,7 @@ def _load(json_file: str, image_root: str, name: str, thing_classes: list[str] |
     for record in records:
         for ann in record["annotations"]:
             if ann["category_id"] not in id_map:
-                raise ValueError(f"{json_file}: category id {ann['category_id']} is not among the json's "
+                raise ValueError(f"{json_file}: category id {ann['category_id']} is not among the registered "
                                  f"categories {sorted(id_map)}")
             ann["category_id"] = id_map[ann["category_id"]]
     return records
@@ -48,6 +50,7 @@ def register_coco_grounding(
     thing_classes: Sequence[str] | None = None,
     evaluator_type: str = "coco",
     metadata: dict | None = None,
+    category_ids: Sequence[int] | None = None,
 ) -> None:
     """Register a COCO-format detection json for grounding training/evaluation.
 
@@ -62,13 +65,22 @@ def register_coco_grounding(
             ``thing_classes`` from the json (as detectron2 does); with it the json's category ids are read now,
             so the prompt can be built before the data is loaded.
         evaluator_type: ``"coco"`` for box AP with detectron2's ``COCOEvaluator``.
+        category_ids: the json's category ids, one per ``thing_classes`` name, when the caller knows them (a
+            catalog such as ODinW's): then nothing is read at registration either.
     """
     meta = dict(json_file=json_file, image_root=image_root, evaluator_type=evaluator_type, **(metadata or {}))
+    if category_ids is not None and thing_classes is None:
+        raise ValueError(f"{name}: category_ids only name the ids of the given thing_classes; pass both")
     if thing_classes is not None:
         thing_classes = list(thing_classes)
-        cat_ids = _category_ids(json_file)
+        if category_ids is None:
+            cat_ids, source = _category_ids(json_file), f"{json_file} has"
+        else:
+            cat_ids, source = list(category_ids), "category_ids name"
+            if len(set(cat_ids)) != len(cat_ids):
+                raise ValueError(f"{name}: category_ids are not unique: {cat_ids}")
         if len(cat_ids) != len(thing_classes):
-            raise ValueError(f"{name}: {len(thing_classes)} thing_classes given but {json_file} has "
+            raise ValueError(f"{name}: {len(thing_classes)} thing_classes given but {source} "
                              f"{len(cat_ids)} categories")
         meta.update(thing_classes=thing_classes,
                     thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cat_ids)})

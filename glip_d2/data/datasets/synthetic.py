@@ -145,11 +145,12 @@ def _box_ok(box: np.ndarray, others: Sequence[np.ndarray]) -> bool:
     return True
 
 
-def _place(rng, shape, radius, width, height, placed) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Rotate, scale and position a shape fully inside the image; returns (polygon, box xyxy, centre) or None."""
+def _place(rng, unit_polygon, radius, width, height, placed) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Rotate, scale and position a unit polygon fully inside the image; returns (polygon, box xyxy, centre) or
+    None."""
     theta = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    rel = _UNIT_POLYGONS[shape] @ rot.T * radius
+    rel = unit_polygon @ rot.T * radius
     lo = np.array([1.0, 1.0]) - rel.min(axis=0)
     hi = np.array([width - 1.0, height - 1.0]) - rel.max(axis=0)
     for _ in range(30):
@@ -180,7 +181,7 @@ def render_sample(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     for _ in range(int(rng.integers(1, _MAX_OBJECTS + 1))):
         color_idx, shape_idx = int(rng.integers(len(COLORS))), int(rng.integers(len(SHAPES)))
         frac = rng.uniform(*_RADIUS_RANGE)
-        found = _place(rng, SHAPES[shape_idx], frac * short, width, height, placed)
+        found = _place(rng, _UNIT_POLYGONS[SHAPES[shape_idx]], frac * short, width, height, placed)
         if found is None:
             continue
         polygon, box, centre = found

@@ -1,6 +1,7 @@
-"""Meta-architectures (registered in detectron2's META_ARCH_REGISTRY): one-stage ``GLIP`` and two-stage
-``GroundingRCNN``."""
+"""Meta-architectures (registered in detectron2's META_ARCH_REGISTRY): one-stage ``GLIP``, two-stage
+``GroundingRCNN`` and GLIPv2's VQA fine-tuning model ``GLIPv2VQA``."""
 from .glip import GLIP
+from .glipv2_vqa import GLIPv2VQA
 from .grounding_rcnn import GroundingRCNN
 
-__all__ = ["GLIP", "GroundingRCNN"]
+__all__ = ["GLIP", "GLIPv2VQA", "GroundingRCNN"]

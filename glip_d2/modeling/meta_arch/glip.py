@@ -26,6 +26,8 @@ from ...structures import PhraseList, continuous_to_legacy, legacy_to_continuous
 from ..dense_heads import GLIPAnchorGenerator, GLIPBoxCoder, GLIPLoss, GLIPPostProcessor, GroundingHead
 from ..glipv2.objectives import GLIPv2Objectives, build_glipv2_objectives
 from ..language import build_language_encoder
+from ..prompt_offset import PromptOffset
+from ..tuning import apply_tuning_mode, mode_uses_prompt_offset
 from ..vl_tower import VLTower
 from .stage_record import stage_dict
 
@@ -62,6 +64,7 @@ class GLIP(nn.Module):
         max_detections_merged: int = 100,
         input_format: str = "BGR",
         glipv2: GLIPv2Objectives | None = None,
+        prompt_offset: PromptOffset | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -76,6 +79,8 @@ class GLIP(nn.Module):
         self.max_detections_merged = max_detections_merged
         self.input_format = input_format
         self.glipv2 = glipv2  # GLIPv2's training objectives (MLM head, region-word loss); None for GLIP
+        self.prompt_offset = prompt_offset  # prompt tuning's per-position text offset; None when not prompt-tuned
+        self._frozen_parts: list[nn.Module] = []  # kept in eval mode while training (``set_tuning_mode``)
         self._stage_record = None  # a dict while inside ``stage_outputs()``
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
@@ -120,6 +125,9 @@ class GLIP(nn.Module):
             "max_detections_merged": cfg.TEST.DETECTIONS_PER_IMAGE,
             "input_format": cfg.INPUT.FORMAT,
             "glipv2": build_glipv2_objectives(cfg, language_encoder),
+            "prompt_offset": (
+                PromptOffset(cfg.MODEL.LANGUAGE.HIDDEN_DIM) if mode_uses_prompt_offset(cfg.SOLVER.TUNING_MODE) else None
+            ),
         }
 
     @property
@@ -143,9 +151,32 @@ class GLIP(nn.Module):
         return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
 
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The text encoder's outputs (plus ``input_ids``), with the prompt-tuning offset added when there is one."""
         lang = dict(self.language_encoder(input_ids, attention_mask))
+        if self.prompt_offset is not None:
+            lang = self.prompt_offset(lang)
         lang["input_ids"] = input_ids
         return lang
+
+    # ---- transfer -----------------------------------------------------------------------------------------
+    def set_tuning_mode(self, mode: str) -> None:
+        """Train only what ``SOLVER.TUNING_MODE`` ``mode`` says (:mod:`glip_d2.modeling.tuning`); the frozen parts
+        stay in eval mode through later ``train()`` calls."""
+        self._frozen_parts = apply_tuning_mode(self, mode)
+        self.train(self.training)
+
+    def add_prompt_offset(self) -> PromptOffset:
+        """A zero prompt offset (the base model's outputs unchanged), for loading a prompt-tuned task into a model
+        built without one."""
+        if self.prompt_offset is None:
+            self.prompt_offset = PromptOffset(self.head.lang_dim).to(self.device)
+        return self.prompt_offset
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for part in self._frozen_parts:
+            part.eval()
+        return self
 
     def extract_features(self, images: ImageList) -> list[torch.Tensor]:
         features = self.backbone(images.tensor)

@@ -1,0 +1,5 @@
+"""Task heads on GLIPv2's grounded text features (``VL_HEAD_REGISTRY``); importing registers ``VQAHead``."""
+from .build import VL_HEAD_REGISTRY, build_vl_head
+from .vqa_head import VQAHead, dense_answer_targets
+
+__all__ = ["VL_HEAD_REGISTRY", "VQAHead", "build_vl_head", "dense_answer_targets"]
