@@ -24,6 +24,7 @@ setup(
         "transformers>=4.30",
         "timm>=1.0",
         "pycocotools",
+        "pycocoevalcap",
         "lvis",
         "huggingface_hub",
         "opencv-python-headless",

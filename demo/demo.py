@@ -5,6 +5,7 @@
     python demo/demo.py --config-file CFG --weights model_final.pth --input img.png --prompt "a cat on a sofa"
     python demo/demo.py --weights GLIP-T --video-input clip.mp4 --prompt "car. bicycle" --output out.mp4
     python demo/demo.py --config-file VQA_CFG --weights model_final.pth --input img.png --question "what color is the star?"
+    python demo/demo.py --config-file CAPTION_CFG --weights model_final.pth --input img.png --caption --beam-size 3
 
 ``--weights`` is a checkpoint path or a model-zoo name (``GLIP-T``, ``GLIP-L``, ...; its config is used when
 ``--config-file`` is not given). Each box is labelled with its phrase and score; masks are drawn when the model
@@ -49,6 +50,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="'name. name. name', or a sentence to ground (default for a tuned task file: "
                                     "the vocabulary it was tuned for)")
     p.add_argument("--question", help="with a GLIPv2VQA model: a question to answer (drawn with its top answers)")
+    p.add_argument("--caption", action="store_true",
+                   help="with a GLIPv2Caption model: write a caption (drawn with the boxes of its noun phrases)")
+    p.add_argument("--beam-size", type=int, default=None, help="--caption: beams (default MODEL.CAPTION.BEAM_SIZE)")
     p.add_argument("--phrases", nargs="+", help="for a sentence prompt: the phrases to ground in it")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn (official 0.5)")
     p.add_argument(
@@ -188,6 +192,18 @@ def draw_answer(image_bgr: np.ndarray, question: str, answers, instances: Instan
     return vis.output.get_image()
 
 
+def draw_caption(image_bgr: np.ndarray, caption: str, instances: Instances, threshold: float) -> np.ndarray:
+    """RGB picture with the caption's grounded boxes (score >= ``threshold``) and the caption on top."""
+    import textwrap
+
+    rgb = draw(image_bgr, instances, threshold)
+    vis = Visualizer(rgb, metadata=None)
+    font_size = max(10, rgb.shape[0] // 30)
+    text = textwrap.fill(caption, width=max(20, int(rgb.shape[1] / (0.75 * font_size))))  # ~0.75 em a character
+    vis.draw_text(text, (4, 4), font_size=font_size, color="w", horizontal_alignment="left")
+    return vis.output.get_image()
+
+
 def _is_task_file(weights: str) -> bool:
     """A prompt- or linear-probe-tuned task file that records its vocabulary (the predictor's prompt then)."""
     if not weights or not os.path.isfile(weights):
@@ -222,6 +238,12 @@ def run_images(predictor: GLIPPredictor, files: list[str], args, skipped: list[s
                 skipped.append(f"{path}: {e}")
             continue
         out = output_path(args.output, path, len(files))
+        if args.caption:  # captioning: the caption and the boxes of its noun phrases
+            caption, score, instances = predictor.caption(image, beam_size=args.beam_size, ground=True)
+            _write_image(out, draw_caption(image, caption, instances, args.confidence_threshold))
+            logger.info("%s: %r (log-prob %.2f) -> %s", path, caption, score, out)
+            written.append(out)
+            continue
         if args.question:  # VQA: the top answers and the boxes of the question's phrases
             answers, instances = predictor.answer(image, args.question, topk=3, boxes=True)
             _write_image(out, draw_answer(image, args.question, answers, instances, args.confidence_threshold))
@@ -274,11 +296,15 @@ def main(argv=None, skipped: list[str] | None = None) -> list[str]:
     setup_logger(name="fvcore")
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("give either --input (images) or --video-input (a video)")
-    if (args.prompt and args.question) or (args.question and args.video_input) or (
-        not args.prompt and not args.question and not _is_task_file(args.weights)
+    modes = [bool(args.prompt), bool(args.question), bool(args.caption)]
+    if sum(modes) > 1 or ((args.question or args.caption) and args.video_input) or (
+        not any(modes) and not _is_task_file(args.weights)
     ):
-        raise SystemExit("give either --prompt (grounding) or --question (VQA, with --input images); --prompt may be "
-                         "left out when --weights is a tuned task file (its own vocabulary is the prompt)")
+        raise SystemExit("give either --prompt (grounding) or --question (VQA) or --caption (captioning; these two "
+                         "with --input images); --prompt may be left out when --weights is a tuned task file (its "
+                         "own vocabulary is the prompt)")
+    if args.beam_size is not None and args.beam_size < 1:
+        raise SystemExit(f"--beam-size must be >= 1, got {args.beam_size}")
     if args.agnostic_nms is not None:
         try:
             check_iou_threshold(args.agnostic_nms)

@@ -24,6 +24,7 @@ def add_glip_config(cfg: CN) -> CN:
     _add_glipv2_keys(cfg)
     _add_transfer_keys(cfg)
     _add_vqa_keys(cfg)
+    _add_caption_keys(cfg)
     return cfg
 
 
@@ -307,6 +308,24 @@ def _add_transfer_keys(cfg: CN) -> None:
     _C.MODEL.TASK_BASE_WEIGHTS = ""
 
 
+def _add_caption_keys(cfg: CN) -> None:
+    """GLIPv2's image captioning (meta-architecture GLIPv2Caption); unused by other models."""
+    _C = cfg
+    _C.MODEL.CAPTION = CN()
+    # Longest caption in tokens, [CLS] and [SEP] included: training captions are cut there, decoding stops there.
+    _C.MODEL.CAPTION.MAX_LENGTH = 32
+    # Label smoothing of the next-token cross-entropy (0 = plain cross-entropy).
+    _C.MODEL.CAPTION.LABEL_SMOOTHING = 0.0
+    # Weight of loss_caption.
+    _C.MODEL.CAPTION.LOSS_WEIGHT = 1.0
+    # Beams at inference; 1 = greedy decoding.
+    _C.MODEL.CAPTION.BEAM_SIZE = 1
+    # Beam scores are sum(log p) / length ** LENGTH_PENALTY (0 = no length normalisation; > 0 favours longer).
+    _C.MODEL.CAPTION.LENGTH_PENALTY = 0.0
+    # Fewest words before [SEP] may be chosen ([CLS] not counted).
+    _C.MODEL.CAPTION.MIN_LENGTH = 1
+
+
 def _add_vqa_keys(cfg: CN) -> None:
     """GLIPv2's VQA fine-tuning (meta-architecture GLIPv2VQA) and the synthetic VQA set; unused by other models."""
     _C = cfg
@@ -346,3 +365,17 @@ def _add_vqa_keys(cfg: CN) -> None:
     _C.DATASETS.SYNTHETIC_VQA.NOISE_PROB = 0.3
     # Answer vocabulary: multiple_choice_answers seen at least this often in training (VQA v2 practice: 9).
     _C.DATASETS.SYNTHETIC_VQA.MIN_ANSWER_COUNT = 9
+
+    _C.DATASETS.SYNTHETIC_CAPTIONS = CN()
+    # Folder where the synthetic captioning set is generated (on first use).
+    _C.DATASETS.SYNTHETIC_CAPTIONS.ROOT = "datasets/synthetic_captions"
+    # Images of the train split (the scenes of the synthetic grounding set).
+    _C.DATASETS.SYNTHETIC_CAPTIONS.NUM_TRAIN = 400
+    # Images of the val split.
+    _C.DATASETS.SYNTHETIC_CAPTIONS.NUM_VAL = 50
+    # Images of the held-out test split.
+    _C.DATASETS.SYNTHETIC_CAPTIONS.NUM_TEST = 50
+    # Seed of the scenes (as DATASETS.SYNTHETIC.SEED: same seed, same images) and of their captions.
+    _C.DATASETS.SYNTHETIC_CAPTIONS.SEED = 0
+    # Distinct reference captions per image (CIDEr measures agreement with several references).
+    _C.DATASETS.SYNTHETIC_CAPTIONS.CAPTIONS_PER_IMAGE = 5

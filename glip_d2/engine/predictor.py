@@ -341,6 +341,15 @@ class GLIPPredictor:
 
         return answer_question(self, image, question, topk, boxes=boxes, phrases=phrases)
 
+    def caption(self, image: np.ndarray, *, beam_size: int | None = None, max_length: int | None = None,
+                length_penalty: float | None = None, ground: bool = False):
+        """A GLIPv2Caption model's ``(caption, score)`` for ``image``; with ``ground=True`` also the boxes of the
+        caption's noun phrases: ``(caption, score, Instances)``. See :mod:`glip_d2.engine.caption_predictor`."""
+        from .caption_predictor import caption_image
+
+        return caption_image(self, image, beam_size=beam_size, max_length=max_length,
+                             length_penalty=length_penalty, ground=ground)
+
 
 def _base_and_task(cfg):
     """(config whose MODEL.WEIGHTS is the base, task file or "", base weights file or "") for a predictor:

@@ -279,11 +279,14 @@ class GLIPTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
+        from .caption_data import build_caption_train_loader, is_caption_data
         from .vqa_data import build_vqa_train_loader, is_vqa_data
 
         register_datasets_from_cfg(cfg)
         if is_vqa_data(cfg.DATASETS.TRAIN):  # questions + soft answers (GLIPv2VQA): VQADatasetMapper, no box checks
             return build_vqa_train_loader(cfg)
+        if is_caption_data(cfg.DATASETS.TRAIN):  # images + reference captions (GLIPv2Caption): CaptionDatasetMapper
+            return build_caption_train_loader(cfg)
         dataset = cls.build_train_records(cfg)
         return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True), dataset=dataset)
 
@@ -292,11 +295,14 @@ class GLIPTrainer(DefaultTrainer):
         from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
         from ..data.validation import validated_dataset_dicts_from_cfg
+        from .caption_data import build_caption_test_loader, is_caption_data
         from .vqa_data import build_vqa_test_loader, is_vqa_data
 
         register_datasets_from_cfg(cfg)
         if is_vqa_data([dataset_name]):  # evaluated by VQAEvaluator (evaluation/build.py)
             return build_vqa_test_loader(cfg, dataset_name)
+        if is_caption_data([dataset_name]):  # evaluated by CaptionEvaluator (evaluation/build.py)
+            return build_caption_test_loader(cfg, dataset_name)
         return build_detection_test_loader(
             validated_dataset_dicts_from_cfg(cfg, [dataset_name], is_train=False),
             mapper=GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset_name),

@@ -1,7 +1,19 @@
-"""Evaluators: detectron2's COCO/LVIS ones for detection, plus phrase grounding (Flickr30k) and RefCOCO."""
+"""Evaluators: detectron2's COCO/LVIS ones for detection, plus phrase grounding (Flickr30k), RefCOCO and COCO-style
+image captioning."""
 from .build import build_evaluator
+from .caption import CaptionEvaluator
+from .caption_metrics import score_captions
 from .flickr import FlickrEvaluator, flickr_recall
 from .lvis_evaluation import LVISEvaluator
 from .refexp import RefExpEvaluator, refexp_precision
 
-__all__ = ["FlickrEvaluator", "LVISEvaluator", "RefExpEvaluator", "build_evaluator", "flickr_recall", "refexp_precision"]
+__all__ = [
+    "CaptionEvaluator",
+    "FlickrEvaluator",
+    "LVISEvaluator",
+    "RefExpEvaluator",
+    "build_evaluator",
+    "flickr_recall",
+    "refexp_precision",
+    "score_captions",
+]

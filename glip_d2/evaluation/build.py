@@ -2,6 +2,7 @@
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
+from .caption import CaptionEvaluator
 from .flickr import FlickrEvaluator
 from .lvis_evaluation import LVISEvaluator  # detectron2's, + np.float during evaluate() and Fixed AP
 from .refexp import RefExpEvaluator
@@ -12,8 +13,9 @@ __all__ = ["build_evaluator"]
 
 def build_evaluator(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluator:
     """"coco"/"lvis": detectron2's own evaluators (pure-Python COCOeval; LVIS adds Fixed AP when
-    TEST.LVIS_FIXED_AP); "flickr": Recall@k; "refexp": precision@k; "vqa": the official VQA accuracy. Boxes come
-    back as ordinary ``pred_classes``, so detection AP needs nothing new."""
+    TEST.LVIS_FIXED_AP); "flickr": Recall@k; "refexp": precision@k; "vqa": the official VQA accuracy; "caption": the
+    COCO caption metrics (pycocoevalcap; METEOR/SPICE need Java). Boxes come back as ordinary ``pred_classes``, so
+    detection AP needs nothing new."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     if evaluator_type == "coco":
@@ -27,7 +29,9 @@ def build_evaluator(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluator
         return RefExpEvaluator(dataset_name, output_dir=output_dir)
     if evaluator_type == "vqa":  # official VQA accuracy of GLIPv2VQA's answers (register_vqa sets it)
         return VQAEvaluator(dataset_name, output_dir=output_dir)
+    if evaluator_type == "caption":  # BLEU/METEOR/ROUGE-L/CIDEr-D of {"caption"} outputs against the records' captions
+        return CaptionEvaluator(dataset_name, output_dir=output_dir)
     raise ValueError(
         f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; glip_d2 evaluates 'coco', 'lvis', "
-        "'flickr', 'refexp' and 'vqa' (set it in MetadataCatalog.get(name).evaluator_type)"
+        "'flickr', 'refexp', 'vqa' and 'caption' (set it in MetadataCatalog.get(name).evaluator_type)"
     )

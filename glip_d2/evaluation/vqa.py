@@ -8,7 +8,6 @@ the questions and reported x100 as the official evaluation does ("accuracy" and 
 main process also writes them in the official results format (``[{"question_id", "answer"}]``,
 ``vqa_predictions.json``), which is what a test-dev server takes, so a split without answers is still useful.
 """
-import itertools
 import json
 import logging
 import os
@@ -17,9 +16,9 @@ from collections import OrderedDict, defaultdict
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .grounding_utils import gather_predictions
 from .vqa_answers import ANSWER_TYPES, vqa_accuracy
 
 __all__ = ["VQAEvaluator", "vqa_results"]
@@ -89,12 +88,9 @@ class VQAEvaluator(DatasetEvaluator):
             self._predictions.append({"question_id": int(inp["question_id"]), "answer": answer})
 
     def evaluate(self):
-        predictions = self._predictions
-        if self.distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        predictions = gather_predictions(self._predictions, self.distributed)
+        if predictions is None:  # not the main process
+            return {}
         if not predictions:
             logger.warning("[VQAEvaluator] no predictions for %s", self.dataset_name)
             return {}

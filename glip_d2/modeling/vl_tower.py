@@ -83,3 +83,36 @@ class VLTower(nn.Module):
         for block in self.blocks:
             features, lang = block(features, lang)
         return features, lang
+
+    # ---- captioning: causal text, image not updated from the text ----------------------------------------------
+    def caption_image_pass(self, features: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Per block, what a caption's tokens read from the image (``BiAttentionFusion.image_side``).
+
+        Depends on the image only, so decoding computes it once per image and then runs only
+        ``caption_text_pass`` per step. The last block's DyConv feeds only the detection head and is skipped.
+        """
+        if any(block.fusion is None for block in self.blocks):
+            raise ValueError("captioning needs image<->text fusion in every tower block (MODEL.FUSION.TYPE)")
+        keys, features = [], list(features)
+        for i, block in enumerate(self.blocks):
+            maps, block_keys = block.fusion.image_side(features)
+            keys.append(block_keys)
+            if i < len(self.blocks) - 1:
+                features = block._run_dyconv(maps)
+        return keys
+
+    def caption_text_pass(self, image_keys: list[tuple[Tensor, Tensor]], lang: dict[str, Tensor]) -> dict:
+        """The tower's text side in causal mode: per block, tokens read the image, then the extra BERT layer with a
+        causal mask. ``lang["hidden"]`` may hold k captions per image (image-major), as in beam search."""
+        lang = dict(lang)
+        for block, block_keys in zip(self.blocks, image_keys):
+            hidden = block.fusion.text_side(lang["hidden"], block_keys)
+            if block.lang_layer is not None:
+                hidden = block.lang_layer(hidden, lang.get("masks"), causal=True)
+            lang["hidden"] = hidden
+        return lang
+
+    def caption_idle_parameters(self) -> list[nn.Parameter]:
+        """Parameters captioning does not use (the image update of each fusion, the last DyConv)."""
+        idle = [p for block in self.blocks for p in block.fusion.image_update_parameters()]
+        return idle + list(self.blocks[-1].dyconv.parameters())

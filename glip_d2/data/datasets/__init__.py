@@ -7,6 +7,15 @@ the ODinW sets by :func:`register_odinw_benchmark`, or when a config's DATASETS.
 """
 import os
 
+from .captions import (
+    COCO_KARPATHY_BUILTIN,
+    KARPATHY_SPLITS,
+    load_coco_captions_json,
+    load_karpathy_json,
+    register_caption_builtins_from_cfg,
+    register_coco_captions,
+    register_karpathy_captions,
+)
 from .coco_grounding import (
     COCO_GROUNDING_BUILTIN,
     register_all_coco_grounding,
@@ -41,12 +50,19 @@ from .synthetic import (
     register_synthetic,
     register_synthetic_from_cfg,
 )
+from .synthetic_captions import (
+    SYNTHETIC_CAPTION_DATASETS,
+    generate_synthetic_captions,
+    register_synthetic_captions,
+    register_synthetic_captions_from_cfg,
+)
 from .synthetic_domains import DOMAINS as SYNTHETIC_DOMAINS
 from .synthetic_domains import register_synthetic_domain, register_synthetic_domains_from_cfg
 from .synthetic_vqa import SYNTHETIC_VQA_DATASETS, register_synthetic_vqa, register_synthetic_vqa_from_cfg
 from .vqa import VQA_V2_BUILTIN, build_answer_vocab, load_vqa_json, register_vqa, register_vqa_from_cfg
 
 __all__ = [
+    "COCO_KARPATHY_BUILTIN",
     "COCO_GROUNDING_BUILTIN",
     "LVIS_BUILTIN",
     "MDETR_BUILTIN",
@@ -80,14 +96,24 @@ __all__ = [
     "register_synthetic_vqa_from_cfg",
     "register_vqa",
     "register_vqa_from_cfg",
+    "KARPATHY_SPLITS",
+    "SYNTHETIC_CAPTION_DATASETS",
+    "generate_synthetic_captions",
+    "load_coco_captions_json",
+    "load_karpathy_json",
+    "register_caption_builtins_from_cfg",
+    "register_coco_captions",
+    "register_karpathy_captions",
+    "register_synthetic_captions",
+    "register_synthetic_captions_from_cfg",
 ]
 
 
 def register_datasets_from_cfg(cfg) -> list:
     """Register what a config asks for before its data loaders are built (called by the trainer).
 
-    The synthetic sets (grounding and VQA) and the builtin VQA v2 splits when DATASETS.TRAIN/TEST name them
-    (synthetic data generated on first use), and every
+    The synthetic sets (grounding, VQA and captions), the builtin VQA v2 splits and COCO Karpathy caption splits
+    when DATASETS.TRAIN/TEST name them (synthetic data generated on first use), and every
     ``(name, json_file, image_root)`` of DATASETS.REGISTER_COCO as COCO-format grounding data, so that one command
     evaluates a user's own json; then the ODinW names (``odinw_Aquarium_val``, ...) nobody registered yet.
     Returns the names registered.
@@ -97,6 +123,7 @@ def register_datasets_from_cfg(cfg) -> list:
     names = list(register_synthetic_from_cfg(cfg))
     names += register_synthetic_domains_from_cfg(cfg)  # transfer domains, when named
     names += register_synthetic_vqa_from_cfg(cfg) + register_vqa_from_cfg(cfg)  # VQA sets: only those used
+    names += register_synthetic_captions_from_cfg(cfg) + register_caption_builtins_from_cfg(cfg)  # captioning sets: only those used
     for entry in cfg.DATASETS.REGISTER_COCO:
         if len(entry) != 3:
             raise ValueError(f"DATASETS.REGISTER_COCO entries are (name, json_file, image_root); got {entry!r}")

@@ -32,6 +32,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
+from .generated_data import write_jpeg
 from .mdetr import load_grounding_json
 
 __all__ = [
@@ -81,7 +82,6 @@ _RADIUS_RANGE = (0.08, 0.2)  # object radius / shorter image side
 _SMALL, _LARGE = 0.11, 0.165  # radius fractions below/above which the text caption says "small"/"large"
 _MAX_IOU, _MAX_COVER = 0.35, 0.5  # overlap allowed: box IoU, and intersection over the smaller box
 _NEAR_PROB = 0.35  # chance to place an object next to an existing one (creates overlaps)
-_JPEG_QUALITY = 92
 _TEXT_STARTS = ("", "there is ", "the image shows ", "we can see ")
 
 
@@ -272,15 +272,12 @@ def _generate_split(image_dir: str, split: str, num_images: int, seed: int) -> d
         rng = np.random.default_rng([seed, _SPLIT_CODES[split], i])
         img, objects = render_sample(rng)
         image_id = i + 1
-        file_name = f"{image_id:06d}.jpg"
-        if not cv2.imwrite(os.path.join(image_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
-            raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
+        entry = write_jpeg(image_dir, image_id, img)
         for style, make_caption in (("list", list_caption), ("text", text_caption)):
             caption, spans, phrase_of = make_caption(objects, rng)
             images, annotations = out[style]
             images.append({
-                "id": image_id, "file_name": file_name, "height": img.shape[0], "width": img.shape[1],
-                "caption": caption, "dataset_name": "synthetic", "sentence_id": 0,
+                **entry, "caption": caption, "dataset_name": "synthetic", "sentence_id": 0,
                 "original_img_id": image_id, "tokens_positive_eval": [[s] for s in spans],
             })
             for obj, phrase in zip(objects, phrase_of):

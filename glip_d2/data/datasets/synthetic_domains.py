@@ -25,7 +25,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from .coco_grounding import register_coco_grounding
-from .synthetic import _RADIUS_RANGE, _SIZE_RANGE, _UNIT_POLYGONS, COLORS, _background, _place, _polygon_area
+from .generated_data import write_jpeg
+from .synthetic import (
+    _RADIUS_RANGE,
+    _SIZE_RANGE,
+    _UNIT_POLYGONS,
+    COLORS,
+    _background,
+    _place,
+    _polygon_area,
+)
 
 __all__ = [
     "DOMAINS", "SyntheticDomain", "domain_dataset_names", "generate_domain", "register_synthetic_domain",
@@ -34,7 +43,6 @@ __all__ = [
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _MAX_OBJECTS = 4
-_JPEG_QUALITY = 92
 DOMAIN_GENERATOR_VERSION = 1
 
 
@@ -131,10 +139,7 @@ def _write_split(domain: SyntheticDomain, root: str, split: str, count: int, see
     domain_code = sorted(DOMAINS).index(domain.name)
     for i in range(count):
         img, objects = _render(domain, np.random.default_rng([seed, 100 + domain_code, _SPLITS[split], i]))
-        file_name = f"{i + 1:06d}.jpg"
-        if not cv2.imwrite(os.path.join(image_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
-            raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
-        images.append({"id": i + 1, "file_name": file_name, "height": img.shape[0], "width": img.shape[1]})
+        images.append(write_jpeg(image_dir, i + 1, img))
         for obj in objects:
             x1, y1, x2, y2 = (float(v) for v in obj["box"])
             annotations.append({

@@ -27,13 +27,11 @@ the answer vocabulary, ``synthetic_vqa_val`` / ``synthetic_vqa_test`` share it; 
 import json
 import logging
 import os
-import shutil
 
-import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils import comm
 
+from .generated_data import begin_generation, ensure_generated, finish_generation, write_jpeg
 from .synthetic import COLORS, SHAPES, render_sample
 from .vqa import register_vqa
 
@@ -54,7 +52,6 @@ _PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "
 _SYNONYMS = {"red": "crimson", "green": "lime", "blue": "navy", "yellow": "gold", "purple": "violet",
              "orange": "amber", "circle": "round", "square": "box", "triangle": "pyramid", "star": "asterisk",
              "hexagon": "polygon", "cross": "plus"}
-_JPEG_QUALITY = 92
 
 
 def _split_objects(objects):
@@ -136,10 +133,7 @@ def _generate_split(root: str, split: str, num_images: int, seed: int, per_image
         img, objects = render_sample(np.random.default_rng([seed, _SPLIT_CODES[split], i]))
         rng = np.random.default_rng([seed, _SPLIT_CODES[split], i, _QUESTION_STREAM])
         image_id = i + 1
-        file_name = f"{image_id:06d}.jpg"
-        if not cv2.imwrite(os.path.join(image_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
-            raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
-        images.append({"id": image_id, "file_name": file_name, "height": img.shape[0], "width": img.shape[1]})
+        images.append(write_jpeg(image_dir, image_id, img))
         asked, offset = set(), int(rng.integers(len(_KINDS)))
         for slot in range(4 * per_image):
             if len(asked) >= per_image:
@@ -181,19 +175,13 @@ def generate_synthetic_vqa(root: str, num_train: int = 400, num_val: int = 50, n
     if not 0.0 <= noise_prob <= 1.0:
         raise ValueError(f"noise_prob must lie in [0, 1], got {noise_prob}")
     manifest = _manifest(num_train, num_val, num_test, seed, questions_per_image, noise_prob)
-    manifest_file = os.path.join(root, "manifest.json")
-    if os.path.exists(manifest_file):
-        os.remove(manifest_file)
-    shutil.rmtree(os.path.join(root, "images"), ignore_errors=True)
-    os.makedirs(root, exist_ok=True)
+    begin_generation(root)
     for split, count in (("train", num_train), ("val", num_val), ("test", num_test)):
         data = _generate_split(root, split, int(count), int(seed), int(questions_per_image), float(noise_prob))
         for path, content in zip(_files(root, split)[:2], data):
             with open(path, "w") as f:
                 json.dump(content, f, separators=(",", ":"))
-    with open(manifest_file + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(manifest_file + ".tmp", manifest_file)
+    finish_generation(root, manifest)
     return manifest
 
 
@@ -209,16 +197,10 @@ def register_synthetic_vqa(root: str = "datasets/synthetic_vqa", num_train: int 
     """Generate (first use / changed parameters) and register ``synthetic_vqa_{train,val,test}``; returns the names.
     In distributed runs only the main process writes."""
     manifest = _manifest(num_train, num_val, num_test, seed, questions_per_image, noise_prob)
-    if comm.is_main_process():
-        try:
-            with open(os.path.join(root, "manifest.json")) as f:
-                current = json.load(f)
-        except (OSError, ValueError):
-            current = None
-        if current != manifest or not all(os.path.exists(p) for s in _SPLIT_CODES for p in _files(root, s)):
-            logger.info("Generating synthetic VQA data in %s (%s)", root, manifest)
-            generate_synthetic_vqa(root, num_train, num_val, num_test, seed, questions_per_image, noise_prob)
-    comm.synchronize()
+    ensure_generated(root, manifest, [p for split in _SPLIT_CODES for p in _files(root, split)],
+                     lambda: generate_synthetic_vqa(root, num_train, num_val, num_test, seed, questions_per_image,
+                                                    noise_prob),
+                     "synthetic VQA data")
     params = dict(root=os.path.abspath(root), min_answer_count=int(min_answer_count), **manifest)
     registered = all(n in DatasetCatalog.list() and MetadataCatalog.get(n).get("synthetic_vqa_params", None) == params
                      for n in SYNTHETIC_VQA_DATASETS)

@@ -17,13 +17,22 @@ from ...layers.fp16_clamp import clamp_fp16_safe
 
 __all__ = ["ClampedBertLayer", "extended_attention_mask"]
 
-def extended_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+
+def extended_attention_mask(mask: Tensor, dtype: torch.dtype, causal: bool = False) -> Tensor:
     """[B, T] 0/1 mask -> additive [B, 1, 1, T]: 0 for tokens, ``finfo(dtype).min`` for padding.
 
     ``finfo.min`` is what current HF BERT (and HF >= 4.2x used with GLIP) builds; old HF used -10000. In fp32
     both give exactly zero attention to padding; finfo.min also stays "minus infinity" after adding clamped
     scores, so no padded token can ever receive weight, whatever the scores. Built in the parameter dtype as HF does.
+    With ``causal`` the mask is [B, 1, T, T] and query t also masks every key after t (captioning). A token always
+    sees itself: a row with no allowed key would otherwise spread its weight over every key, later ones included.
     """
+    if causal:
+        length = mask.shape[1]
+        lower = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=mask.device)
+        allowed = (mask.bool()[:, None, None, :] & lower) | eye
+        return (~allowed).to(dtype) * torch.finfo(dtype).min
     m = mask[:, None, None, :].to(dtype)
     return (1.0 - m) * torch.finfo(dtype).min
 
@@ -133,8 +142,11 @@ class ClampedBertLayer(nn.Module):
     def from_config(cls, cfg) -> dict:
         return {"hidden_dim": cfg.MODEL.LANGUAGE.HIDDEN_DIM, "clamp_attention": cfg.MODEL.FUSION.CLAMP_BERTATTN}
 
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """hidden_states: [B, T, D]; attention_mask: [B, T] with 1 = token, 0 = padding. Returns [B, T, D]."""
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """hidden_states: [B, T, D]; attention_mask: [B, T] with 1 = token, 0 = padding; ``causal``: token t
+        attends to tokens <= t only (captioning; needs the mask). Returns [B, T, D]."""
+        if causal and attention_mask is None:
+            attention_mask = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.long)
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_dim:
             raise ValueError(
                 f"hidden_states has shape {tuple(hidden_states.shape)}; expected [B, T, {self.hidden_dim}]."
@@ -144,6 +156,6 @@ class ClampedBertLayer(nn.Module):
             if tuple(attention_mask.shape) != tuple(hidden_states.shape[:2]):
                 expected = tuple(hidden_states.shape[:2])
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected {expected}.")
-            additive = extended_attention_mask(attention_mask, self.attention.self.query.weight.dtype)
+            additive = extended_attention_mask(attention_mask, self.attention.self.query.weight.dtype, causal)
         attn = self.attention(hidden_states, additive)
         return self.output(self.intermediate(attn), attn)

@@ -113,6 +113,25 @@ class BiMultiHeadAttention(nn.Module):
         return self.out_v_proj(out_v), self.out_l_proj(out_l)
 
 
+    def image_keys(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """What tokens read from the image positions v [B, N, v_dim]: scaled queries and values, [B*heads, N, hd]."""
+        return self._heads(self.v_proj(v) * self.scale), self._heads(self.values_v_proj(v))
+
+    def text_update(self, l: Tensor, image_keys: tuple[Tensor, Tensor]) -> Tensor:
+        """delta_l alone (tokens -> image), computed as ``forward`` does; the image is not updated.
+
+        No token reads another token here, so the token sequences of several captions of one image may be stacked
+        along T (beam search does). The global max of STABLE_SOFTMAX_2D is not subtracted: it would let every token
+        depend on every other; the per-token max already keeps the softmax stable.
+        """
+        query, value_v = image_keys
+        key = self._heads(self.l_proj(l))
+        scores_l = self._clamp(torch.bmm(key, query.transpose(1, 2)))  # [B*h, T, N]
+        scores_l = self._clamp(scores_l - scores_l.max(dim=-1, keepdim=True)[0])
+        probs_l = F.dropout(scores_l.softmax(dim=-1), p=self.dropout, training=self.training)
+        return self.out_l_proj(self._merge(torch.bmm(probs_l, value_v), l.shape[0]))
+
+
 def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     """Stochastic depth per sample (official DropPath; identity when p == 0 or at test time)."""
     if p == 0.0 or not training:
@@ -194,7 +213,42 @@ class BiAttentionFusion(nn.Module):
         l = l + _drop_path(self.gamma_l * delta_l, self.drop_path, self.training)
         return v, l
 
-    def _check_inputs(self, visual: list[Tensor], hidden: Tensor, mask: Tensor | None) -> None:
+    def image_side(self, visual: list[Tensor]) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
+        """Captioning's image half of the block: the normalised maps, not updated from the text (an image position
+        that read the caption would carry later words to earlier tokens), and what the tokens read from them."""
+        self._check_inputs(visual, None, None)
+        sizes = [(x.shape[2], x.shape[3]) for x in visual]
+        v = self.layer_norm_v(torch.cat([x.flatten(2).transpose(1, 2) for x in visual], dim=1))
+        return self._unflatten(v, sizes), self.attn.image_keys(v)
+
+    def text_side(self, hidden: Tensor, image_keys: tuple[Tensor, Tensor]) -> Tensor:
+        """Captioning's text half: hidden [B*k, T, l_dim] (k captions per image, image-major) -> the fused text."""
+        if hidden.dim() != 3 or hidden.shape[2] != self.l_dim:
+            raise ValueError(f"hidden has shape {tuple(hidden.shape)}; expected [B, T, {self.l_dim}]")
+        num_images = image_keys[0].shape[0] // self.attn.num_heads
+        if hidden.shape[0] % num_images:
+            raise ValueError(f"{hidden.shape[0]} captions cannot be split evenly over {num_images} images")
+        l = self.layer_norm_l(hidden)
+        stacked = l.reshape(num_images, -1, self.l_dim)
+        delta = self.attn.text_update(stacked, image_keys).reshape(l.shape)
+        return l + _drop_path(self.gamma_l * delta, self.drop_path, self.training)
+
+    def image_update_parameters(self) -> list[nn.Parameter]:
+        """Parameters only the image update uses (idle in captioning's image_side / text_side)."""
+        a = self.attn
+        return [self.gamma_v, *a.values_l_proj.parameters(), *a.out_v_proj.parameters()]
+
+    @staticmethod
+    def _unflatten(v: Tensor, sizes) -> list[Tensor]:
+        """[B, sum(H*W), C] -> per-level [B, C, H, W]."""
+        v = v.transpose(1, 2)
+        out, start = [], 0
+        for h, w in sizes:
+            out.append(v[:, :, start:start + h * w].reshape(v.shape[0], v.shape[1], h, w).contiguous())
+            start += h * w
+        return out
+
+    def _check_inputs(self, visual: list[Tensor], hidden: Tensor | None, mask: Tensor | None) -> None:
         if not isinstance(visual, (list, tuple)) or len(visual) == 0:
             raise ValueError("BiAttentionFusion expects a non-empty list of [B, C, H, W] feature maps.")
         bsz = visual[0].shape[0]
@@ -204,12 +258,12 @@ class BiAttentionFusion(nn.Module):
                     f"visual[{i}] has shape {tuple(x.shape)}; expected [{bsz}, {self.v_dim}, H, W] "
                     f"(MODEL.DYHEAD.CHANNELS = {self.v_dim})."
                 )
-        if hidden.dim() != 3 or hidden.shape[0] != bsz or hidden.shape[2] != self.l_dim:
+        if hidden is not None and (hidden.dim() != 3 or hidden.shape[0] != bsz or hidden.shape[2] != self.l_dim):
             raise ValueError(
                 f"lang['hidden'] has shape {tuple(hidden.shape)}; expected [{bsz}, T, {self.l_dim}] "
                 f"(MODEL.LANGUAGE.HIDDEN_DIM = {self.l_dim})."
             )
-        if mask is not None and tuple(mask.shape) != tuple(hidden.shape[:2]):
+        if mask is not None and hidden is not None and tuple(mask.shape) != tuple(hidden.shape[:2]):
             raise ValueError(f"lang['masks'] has shape {tuple(mask.shape)}; expected {tuple(hidden.shape[:2])}.")
 
     def forward(self, visual: list[Tensor], lang: dict[str, Tensor]) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -224,14 +278,9 @@ class BiAttentionFusion(nn.Module):
             v, l = checkpoint(self.fuse_sequences, v, hidden, mask, use_reentrant=False)
         else:
             v, l = self.fuse_sequences(v, hidden, mask)
-        v = v.transpose(1, 2)
-        out, start = [], 0
-        for h, w in sizes:
-            out.append(v[:, :, start:start + h * w].reshape(v.shape[0], v.shape[1], h, w).contiguous())
-            start += h * w
         new_lang = dict(lang)
         new_lang["hidden"] = l
-        return out, new_lang
+        return self._unflatten(v, sizes), new_lang
 
     def extra_repr(self) -> str:
         return f"v_dim={self.v_dim}, l_dim={self.l_dim}, drop_path={self.drop_path}, checkpoint={self.use_checkpoint}"

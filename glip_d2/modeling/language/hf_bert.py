@@ -72,6 +72,20 @@ def _build_bert(name: str, pretrained: bool):
     return BertModel(config, add_pooling_layer=False)
 
 
+def _hf_causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Padding + causal mask in the form HF BERT takes as given: additive [B, 1, L, L] (transformers >= 5, where a
+    4-D mask is used as-is), or 0/1 [B, L, L] (4.x, which extends a 3-D mask itself)."""
+    import transformers
+
+    length = attention_mask.shape[1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    eye = torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+    allowed = (attention_mask.bool()[:, None, :] & lower) | eye  # [B, query, key]; a token always sees itself
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return allowed.to(attention_mask.dtype)
+    return (~allowed[:, None]).to(dtype) * torch.finfo(dtype).min
+
+
 @LANGUAGE_ENCODER_REGISTRY.register()
 class HFBertEncoder(nn.Module):
     """Tokenizer + HF ``BertModel``; ``forward`` returns ``hidden`` / ``embedded`` / ``masks`` (docs/architecture.md).
@@ -150,17 +164,22 @@ class HFBertEncoder(nn.Module):
         """input_ids / attention_mask LongTensors [B, L]; L = MAX_QUERY_LEN when PAD_MAX (CPU tensors)."""
         return tokenize_captions(self.tokenizer, captions, self.max_query_len, self.pad_max)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """``causal``: each token attends to itself and the tokens before it only (captioning), so a token's
+        features do not change when later tokens do."""
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"input_ids and attention_mask must both be [B, L]; got {tuple(input_ids.shape)} and "
                 f"{tuple(attention_mask.shape)}"
             )
         grad_ctx = torch.no_grad() if self.freeze else contextlib.nullcontext()
+        hf_mask = _hf_causal_mask(attention_mask, self.model.dtype) if causal else attention_mask
         with grad_ctx:
             out = self.model(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
+                attention_mask=hf_mask,
                 token_type_ids=torch.zeros_like(input_ids),
                 output_hidden_states=self.num_layers > 1,
                 return_dict=True,
