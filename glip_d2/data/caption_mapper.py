@@ -17,12 +17,10 @@ model cuts captions at MODEL.CAPTION.MAX_LENGTH.
 import copy
 
 import numpy as np
-import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .transforms import build_glip_augmentation
+from .transforms import build_glip_augmentation, read_augmented_image
 
 __all__ = ["CaptionDatasetMapper"]
 
@@ -71,9 +69,5 @@ class CaptionDatasetMapper:
         else:
             d["captions"] = references
 
-        image = utils.read_image(d["file_name"], format=self.image_format)
-        utils.check_image_size(d, image)  # also fills in height / width when the record has none
-        aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
-        d["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        d["image"], _ = read_augmented_image(d, self.image_format, self.augmentations)
         return d

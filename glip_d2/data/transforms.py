@@ -110,3 +110,16 @@ def build_glip_augmentation(cfg, is_train: bool) -> list[T.Augmentation]:
     if is_train and cfg.INPUT.FLIP_PROB_TRAIN > 0:
         augs.append(GLIPRandomFlip(cfg.INPUT.FLIP_PROB_TRAIN, legacy_offset=cfg.INPUT.FLIP_LEGACY_OFFSET))
     return augs
+
+
+def read_augmented_image(dataset_dict: dict, image_format: str, augmentations: T.AugmentationList):
+    """Read ``dataset_dict["file_name"]`` (filling in a missing height / width), apply ``augmentations``;
+    returns (CHW uint8 tensor, the applied transforms) for mappers that add their own fields around the image."""
+    import torch
+    from detectron2.data import detection_utils as utils
+
+    image = utils.read_image(dataset_dict["file_name"], format=image_format)
+    utils.check_image_size(dataset_dict, image)
+    aug_input = T.AugInput(image)
+    transforms = augmentations(aug_input)
+    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))), transforms

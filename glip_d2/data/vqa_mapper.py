@@ -16,14 +16,13 @@ included), a training record without answers.
 """
 import copy
 
-import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .tokens import create_positive_map, tokenize_unpadded
-from .transforms import build_glip_augmentation
+from .transforms import build_glip_augmentation, read_augmented_image
 
 __all__ = ["VQADatasetMapper", "check_question"]
 
@@ -101,12 +100,8 @@ class VQADatasetMapper:
             d["answer_ids"] = torch.as_tensor(ids, dtype=torch.long)
             d["answer_scores"] = torch.as_tensor(scores, dtype=torch.float32)
 
-        image = utils.read_image(d["file_name"], format=self.image_format)
-        utils.check_image_size(d, image)
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        d["image"], transforms = read_augmented_image(d, self.image_format, self.augmentations)
+        image_hw = tuple(d["image"].shape[1:])
 
         annos = [a for a in d.pop("annotations", []) if a.get("iscrowd", 0) == 0]
         if annos:
@@ -114,8 +109,8 @@ class VQADatasetMapper:
             d.update(fields)
             if self.is_train and self.with_boxes:
                 annos = [utils.transform_instance_annotations(dict(a, bbox=[float(v) for v in a["bbox"]]),
-                                                              transforms, image.shape[:2]) for a in annos]
-                instances = utils.annotations_to_instances(annos, image.shape[:2])
+                                                              transforms, image_hw) for a in annos]
+                instances = utils.annotations_to_instances(annos, image_hw)
                 instances.gt_positive_map = fields["positive_map"][row_of]
                 d["instances"] = utils.filter_empty_instances(instances)
         return d

@@ -21,12 +21,13 @@ dropped (logged): they can neither be trained on nor scored.
 Registered sets carry ``evaluator_type="caption"`` in their metadata; that one field routes them to the caption
 loaders (``glip_d2.engine.caption_data``) and the caption evaluator.
 """
-import json
 import logging
 import os
 from collections.abc import Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .vqa import read_json_with_list
 
 __all__ = [
     "COCO_KARPATHY_BUILTIN",
@@ -45,13 +46,7 @@ KARPATHY_SPLITS = ("train", "val", "test", "restval")
 
 
 def _read(path: str, key: str, fmt: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{fmt} json not found: {path}")
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise ValueError(f"{path}: expected a json object with an '{key}' list ({fmt} format)")
-    return data
+    return read_json_with_list(path, key, fmt)
 
 
 def _check_caption(caption, where: str) -> str:

@@ -51,14 +51,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_MIN_ANSWER_COUNT = 9
 
 
-def _read(path: str, key: str) -> list[dict]:
+def read_json_with_list(path: str, key: str, fmt: str) -> dict:
+    """A json object holding a ``key`` list (the layout of the COCO-style VQA and caption files), or a clear
+    ``FileNotFoundError`` / ``ValueError`` naming the file and the ``fmt`` expected."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"VQA json not found: {path}")
+        raise FileNotFoundError(f"{fmt} json not found: {path}")
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise ValueError(f"{path}: expected a json object with a '{key}' list (VQA v2 format)")
+        raise ValueError(f"{path}: expected a json object with a '{key}' list ({fmt} format)")
     return data
+
+
+def _read(path: str, key: str) -> dict:
+    return read_json_with_list(path, key, "VQA v2")
 
 
 def _normalized(answer, question_id) -> str:
