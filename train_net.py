@@ -15,7 +15,7 @@ from detectron2.utils import comm
 
 from glip_d2 import compat
 from glip_d2.engine import GLIPTrainer, test_with_tta
-from glip_d2.engine.defaults import default_glip_setup, load_glip_cfg
+from glip_d2.engine.defaults import default_glip_setup, end_process_group, load_glip_cfg
 
 
 def setup(args):
@@ -25,6 +25,12 @@ def setup(args):
 
 
 def main(args):
+    results = run(args)
+    end_process_group()
+    return results
+
+
+def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = GLIPTrainer.build_model_for_eval(cfg, resume=args.resume)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from detectron2.engine import launch
 
-import glip_d2  # noqa: F401  (installs the shim that lets detectron2's launch start gloo workers without GPUs)
+from glip_d2.engine.defaults import end_process_group
 from glip_d2.modeling.glipv2 import RegionWordContrastiveLoss, all_gather_cat
 
 REGION_DIM, TOKEN_DIM, EMBED_DIM, NUM_TOKENS = 5, 6, 8, 7
@@ -92,6 +92,7 @@ def worker(out_path):
             results[(split, with_grad)] = (loss / world, grads / world)
     if rank == 0:
         torch.save(results, out_path)
+    end_process_group()
 
 
 def free_port():

@@ -216,6 +216,31 @@ def test_chunked_prompts_run_backbone_once_and_merge(tiny_model):
     assert len(merged[1]["instances"]) > 0
 
 
+def test_padding_to_the_longest_prompt_keeps_the_detections(tiny_model):
+    """Prompts of different lengths in one batch: padded to the longest (default) or to MAX_QUERY_LEN, the same
+    boxes, scores and classes (padded tokens are masked out of everything that reaches a score)."""
+    model = tiny_model
+    model.eval()
+    batch = _batch(model)
+    outputs = {}
+    with torch.no_grad():
+        model.head.bias0.fill_(4.0)  # enough boxes above the score threshold to compare
+        try:
+            for pad_to_longest in (True, False):
+                model.test_pad_to_longest = pad_to_longest
+                with model.stage_outputs() as inter:
+                    outputs[pad_to_longest] = [r["instances"] for r in model.inference(batch)]
+                assert inter["language"]["backbone_hidden"].shape[1] == (8 if pad_to_longest else 32)
+        finally:
+            model.head.bias0.fill_(-math.log(99))
+            model.test_pad_to_longest = True
+    for short, padded in zip(outputs[True], outputs[False]):
+        assert len(short) == len(padded) > 10
+        assert torch.equal(short.pred_classes, padded.pred_classes)
+        torch.testing.assert_close(short.scores, padded.scores, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(short.pred_boxes.tensor, padded.pred_boxes.tensor, rtol=1e-5, atol=1e-4)
+
+
 def test_stage_outputs_layout(tiny_model):
     model = tiny_model
     model.eval()
@@ -230,7 +255,10 @@ def test_stage_outputs_layout(tiny_model):
             model.head.bias0.fill_(-math.log(99))
     assert inter["inputs"]["image_tensor_padded"].shape[-2:] == (96, 96)  # max size (80, 96), padded to 32
     assert len(inter["backbone"]["fpn"]) == 5 and len(inter["head"]["dot_product_logits"]) == 5
-    assert inter["language"]["backbone_hidden"].shape == (2, 32, 384)
+    # prompts padded to the longest of the batch (TEST_PAD_TO_LONGEST), not to MAX_QUERY_LEN (32 here)
+    longest = max(len(model.language_encoder.tokenizer(x["caption"])["input_ids"]) for x in batch)
+    assert longest < 32 and inter["language"]["backbone_hidden"].shape == (2, longest, 384)
+    assert inter["inputs"]["attention_mask"].sum(1).max() == longest
     hw = [f.shape[-2] * f.shape[-1] for f in inter["backbone"]["fpn"]]
     assert [a.shape[0] for a in inter["anchors"]] == hw
     for x, r, final in zip(batch, results, inter["final_sorted"]):

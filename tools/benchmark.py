@@ -7,10 +7,12 @@
     python tools/benchmark.py --mode train --baseline torchvision-dcn \
         --config configs/quick_schedules/Base-GLIP-tiny.yaml --height 224 --width 320   # CPU deformable-conv kernels
     python tools/benchmark.py --onnx --height 480 --width 640   # ONNX Runtime vs PyTorch (needs the [export] extra)
+    python tools/benchmark.py --baseline pad-max --names 3 --height 320 --width 512   # prompts padded to 256 tokens
 
 Each variant runs in its own subprocess so that CPU peak memory (the process's peak RSS, reset after the model is
 built) belongs to that variant alone. Timed: ``model.inference`` on one image with the 80 COCO names as the prompt
-(preprocessing, text encoder, backbone, tower, head, post-processing), median of ``--runs`` after ``--warmup``.
+(preprocessing, text encoder, backbone, tower, head, post-processing), median of ``--runs`` after ``--warmup``;
+``--names N`` keeps the first N names (a short prompt).
 With random weights almost no box passes the 0.05 score threshold, so NMS time is negligible here.
 ``--onnx`` compares deployments instead (one subprocess, time only): the PyTorch ``GLIPPredictor`` (baseline) against
 ``OnnxGLIP`` on the exported file, with and without the text encoder's outputs cached for the fixed prompt
@@ -31,6 +33,8 @@ BASELINES = {
     "no-fusion": "same input through GLIP-T(A) (no deep fusion, no extra BERT layers)",
     "bf16": "the same model under bfloat16 autocast",
     "torchvision-dcn": "the same model with torchvision's deformable-conv kernels (MODEL.DYHEAD.DEFORM_IMPL)",
+    "pad-max": "the same model with every prompt padded to MAX_QUERY_LEN as the official one "
+               "(MODEL.LANGUAGE.TEST_PAD_TO_LONGEST False)",
 }
 
 
@@ -71,6 +75,7 @@ def run_variant(args) -> dict:
         cfg.MODEL.LANGUAGE.TOKENIZER = "embedded-minilm"  # identical vocabulary, bundled
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.DYHEAD.DEFORM_IMPL = args.deform_impl
+    cfg.MODEL.LANGUAGE.TEST_PAD_TO_LONGEST = not args.pad_max_test
     torch.manual_seed(0)
     model = build_model(cfg).eval()
 
@@ -79,7 +84,7 @@ def run_variant(args) -> dict:
     from glip_d2.data.prompts import vocabulary_prompt
     from glip_d2.data.tokens import encode_prompt
 
-    coco_names = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    coco_names = [c["name"] for c in COCO_CATEGORIES if c["isthing"]][: args.names]
     tokenizer, max_len = model.language_encoder.tokenizer, model.language_encoder.max_query_len
     while True:  # the 80 names, or as many as fit a model with a shorter MAX_QUERY_LEN
         try:
@@ -265,12 +270,14 @@ def main():
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--names", type=int, default=80, help="prompt: the first N COCO names (inference)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--onnx", action="store_true",
                         help="compare PyTorch with ONNX Runtime (exported file, with/without cached text features)")
     parser.add_argument("--variant-config", help=argparse.SUPPRESS)  # child process only
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--deform-impl", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--pad-max-test", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.variant_config:
@@ -295,26 +302,31 @@ def main():
                 json.dump(out, f, indent=2)
         return
 
-    variants = [("model", args.config, False, "auto")]
+    variants = [("model", args.config, False, "auto", False)]
     if args.baseline == "no-fusion":
-        variants.append(("baseline", args.baseline_config, False, "auto"))
+        variants.append(("baseline", args.baseline_config, False, "auto", False))
     elif args.baseline == "bf16":
-        variants.append(("baseline", args.config, True, "auto"))
+        variants.append(("baseline", args.config, True, "auto", False))
+    elif args.baseline == "pad-max":
+        variants.append(("baseline", args.config, False, "auto", True))
     else:
-        variants.append(("baseline", args.config, False, "torchvision"))
+        variants.append(("baseline", args.config, False, "torchvision", False))
     results = {}
-    for role, config, bf16, deform_impl in variants:
+    for role, config, bf16, deform_impl, pad_max_test in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant-config", config, "--device", args.device,
                "--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width),
                "--runs", str(args.runs), "--warmup", str(args.warmup), "--mode", args.mode,
-               "--batch", str(args.batch), "--objects", str(args.objects), "--deform-impl", deform_impl]
+               "--batch", str(args.batch), "--objects", str(args.objects), "--deform-impl", deform_impl,
+               "--names", str(args.names)]
         cmd += ["--bf16"] if bf16 else []
+        cmd += ["--pad-max-test"] if pad_max_test else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         line = [l for l in proc.stdout.splitlines() if l.startswith("BENCHMARK_RESULT ")]
         if proc.returncode != 0 or not line:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"benchmark of {config} failed (exit {proc.returncode})")
-        results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16, deform_impl=deform_impl)
+        results[role] = dict(json.loads(line[0].split(" ", 1)[1]), config=config, bf16=bf16, deform_impl=deform_impl,
+                             pad_max_test=pad_max_test)
 
     b = results["baseline"]
     what = (f"training step, batch {args.batch}, {args.objects} boxes/image" if args.mode == "train"
@@ -329,6 +341,7 @@ def main():
         r = results[role]
         name = os.path.basename(r["config"]) + (" bf16" if r["bf16"] else "")
         name += " tv-dcn" if r["deform_impl"] == "torchvision" else ""
+        name += " pad 256" if r["pad_max_test"] else ""
         print(f"{name:<34}{r['params_m']:>10.1f}{r['median_s']:>10.2f}{r['min_s']:>9.2f}{r['peak_extra_mb']:>10.0f}"
               f"{r['median_s'] / b['median_s']:>8.2f}{r['peak_extra_mb'] / b['peak_extra_mb']:>7.2f}")
     print("peak MB: extra memory of the timed call over the built model (and optimizer state when training); "

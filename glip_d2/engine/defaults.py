@@ -89,3 +89,16 @@ def default_glip_setup(cfg: CfgNode, args) -> None:
         d2_defaults.collect_env_info = original
     # glip_d2's own loggers (trainer, checkpointer, data) log beside detectron2's, to the same files
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="glip_d2")
+
+
+def end_process_group() -> None:
+    """Leave a distributed run cleanly: wait until every process is here, then tear the process group down.
+
+    detectron2's ``launch`` does not do it; a gloo worker that exits while another still runs a collective (or with
+    its process group alive) dies with "terminate called without an active exception" and fails the whole launch.
+    A no-op in a one-process run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()

@@ -160,9 +160,11 @@ class HFBertEncoder(nn.Module):
             self.model.eval()
         return self
 
-    def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """input_ids / attention_mask LongTensors [B, L]; L = MAX_QUERY_LEN when PAD_MAX (CPU tensors)."""
-        return tokenize_captions(self.tokenizer, captions, self.max_query_len, self.pad_max)
+    def tokenize(self, captions: Sequence[str], pad_max: bool | None = None) -> dict[str, torch.Tensor]:
+        """input_ids / attention_mask LongTensors [B, L] (CPU tensors); L = MAX_QUERY_LEN when padding to the
+        maximum (``pad_max``, default PAD_MAX), else the longest caption's length."""
+        pad_max = self.pad_max if pad_max is None else pad_max
+        return tokenize_captions(self.tokenizer, captions, self.max_query_len, pad_max)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False

@@ -65,8 +65,10 @@ class GLIP(nn.Module):
         input_format: str = "BGR",
         glipv2: GLIPv2Objectives | None = None,
         prompt_offset: PromptOffset | None = None,
+        test_pad_to_longest: bool = True,
     ):
         super().__init__()
+        self.test_pad_to_longest = test_pad_to_longest
         self.backbone = backbone
         self.language_encoder = language_encoder
         self.vl_tower = vl_tower
@@ -128,6 +130,7 @@ class GLIP(nn.Module):
             "prompt_offset": (
                 PromptOffset(cfg.MODEL.LANGUAGE.HIDDEN_DIM) if mode_uses_prompt_offset(cfg.SOLVER.TUNING_MODE) else None
             ),
+            "test_pad_to_longest": cfg.MODEL.LANGUAGE.TEST_PAD_TO_LONGEST,
         }
 
     @property
@@ -142,12 +145,14 @@ class GLIP(nn.Module):
         return ImageList.from_tensors(images, divisibility)
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenize (padded to MAX_QUERY_LEN) and encode: {"hidden", "embedded", "masks", "input_ids"}."""
-        return self.encode_tokens(*self.tokenize(captions))
+        """Tokenize and encode prompts for inference: {"hidden", "embedded", "masks", "input_ids"}. Padded to the
+        longest prompt (TEST_PAD_TO_LONGEST) or to MAX_QUERY_LEN; the detections are the same either way."""
+        pad_max = False if self.test_pad_to_longest and not self.training else None
+        return self.encode_tokens(*self.tokenize(captions, pad_max=pad_max))
 
-    def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask) [B, L] on the model's device."""
-        tokens = self.language_encoder.tokenize(list(captions))
+    def tokenize(self, captions: list[str], pad_max: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) [B, L] on the model's device; ``pad_max`` None = MODEL.LANGUAGE.PAD_MAX."""
+        tokens = self.language_encoder.tokenize(list(captions), pad_max=pad_max)
         return tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
 
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
