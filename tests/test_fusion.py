@@ -206,6 +206,37 @@ def test_fusion_matches_reference_with_ordinary_values():
     torch.testing.assert_close(lang["hidden"], ref_l, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("large_scores", [False, True])
+def test_short_prompts_at_inference_take_the_token_space_path_with_the_same_values(monkeypatch, large_scores):
+    """heads x tokens < embed_dim in eval mode: the re-associated path (no [N, embed_dim] tensor) runs and gives the
+    per-head reference's values, clamps and padding included; otherwise (training, or long prompts) the direct one."""
+    from glip_d2.modeling.fusion.bi_attention import BiMultiHeadAttention
+
+    calls = []
+    original = BiMultiHeadAttention._forward_in_token_space
+    monkeypatch.setattr(BiMultiHeadAttention, "_forward_in_token_space",
+                        lambda self, *a: calls.append(a[1].shape[1]) or original(self, *a))
+    m = _small_fusion(embed_dim=64)
+    visual, hidden, mask = _inputs(seed=5)  # 6 tokens x 4 heads = 24 < 64; the last two of image 1 padded
+    with torch.no_grad():
+        if large_scores:  # a share of the scores beyond the +-50000 clamps
+            m.attn.v_proj.weight.mul_(900.0)
+            m.attn.l_proj.weight.mul_(900.0)
+        v_out, lang = m(visual, {"hidden": hidden, "masks": mask})
+        ref_v, ref_l = fusion_reference(m, visual, hidden, mask, clamp=True)
+    assert calls == [6]
+    for a, b in zip(v_out, ref_v):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lang["hidden"], ref_l, rtol=1e-9, atol=1e-9)
+
+    long_hidden = torch.randn(2, 16, 12, dtype=torch.float64)  # 16 x 4 = 64 = embed_dim: the direct path
+    with torch.no_grad():
+        m(visual, {"hidden": long_hidden, "masks": torch.ones(2, 16, dtype=torch.long)})
+        m.train()
+        m(visual, {"hidden": hidden, "masks": mask})
+    assert calls == [6]
+
+
 def test_language_side_ignores_mask_and_image_side_ignores_padding():
     m = _small_fusion()
     visual, hidden, mask = _inputs()

@@ -79,14 +79,22 @@ class BiMultiHeadAttention(nn.Module):
 
     def forward(self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """v: [B, N, v_dim] image positions, l: [B, T, l_dim] tokens, attention_mask_l: [B, T] (0 = padding)."""
+        if not self.training and self.num_heads * l.shape[1] < self.embed_dim:
+            return self._forward_in_token_space(v, l, attention_mask_l)
         bsz, n_img, _ = v.shape
-        n_tok = l.shape[1]
         query = self._heads(self.v_proj(v) * self.scale)
         key = self._heads(self.l_proj(l))
         value_v = self._heads(self.values_v_proj(v))
         value_l = self._heads(self.values_l_proj(l))
-
         scores = torch.bmm(query, key.transpose(1, 2))  # [B*h, N, T]
+        probs_v, probs_l = self._attention(scores, attention_mask_l, bsz)
+        out_v = self._merge(torch.bmm(probs_v, value_l), bsz)
+        out_l = self._merge(torch.bmm(probs_l, value_v), bsz)
+        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+
+    def _attention(self, scores: Tensor, attention_mask_l: Tensor | None, bsz: int) -> tuple[Tensor, Tensor]:
+        """Scores [B*h, N, T] -> (image->token probabilities [B*h, N, T], token->image [B*h, T, N])."""
+        n_img, n_tok = scores.shape[1:]
         if self.stable_softmax_2d:
             scores = scores - scores.max()  # one global max over the whole batch, as officially
         scores = self._clamp(scores)
@@ -107,10 +115,40 @@ class BiMultiHeadAttention(nn.Module):
 
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
         probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        return probs_v, probs_l
 
-        out_v = self._merge(torch.bmm(probs_v, value_l), bsz)
-        out_l = self._merge(torch.bmm(probs_l, value_v), bsz)
-        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+    def _forward_in_token_space(self, v: Tensor, l: Tensor, attention_mask_l: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``forward`` with the products re-associated so that no [N, embed_dim] tensor exists (inference, when
+        heads x tokens < embed_dim: a short prompt against a large image).
+
+        Per head h, with the image-side projections W (weight [d, v_dim]) and b folded into the token side:
+        scores_h = v (scale K_h W_q,h)^T + scale K_h b_q,h;  probs_l,h V_v,h = (probs_l,h v) W_v,h^T + (row sum) b_v,h;
+        out_v = sum_h probs_v,h (V_l,h W_o,h^T) + b_o. Same values up to float rounding (the fidelity test
+        compares both paths stage by stage); the work drops from N x v_dim x embed_dim to N x v_dim x heads x T.
+        """
+        bsz, n_img, v_dim = v.shape
+        n_tok, h, d = l.shape[1], self.num_heads, self.head_dim
+        key = self.l_proj(l).view(bsz, n_tok, h, d).transpose(1, 2)  # [B, h, T, d]
+        w_q = self.v_proj.weight.view(h, d, v_dim)
+        folded_q = torch.matmul(key, w_q) * self.scale  # [B, h, T, v_dim]
+        folded_b = torch.matmul(key, self.v_proj.bias.view(h, d, 1)).squeeze(-1) * self.scale  # [B, h, T]
+        scores = torch.matmul(v.unsqueeze(1), folded_q.transpose(2, 3)) + folded_b.unsqueeze(2)  # [B, h, N, T]
+        probs_v, probs_l = self._attention(scores.reshape(bsz * h, n_img, n_tok), attention_mask_l, bsz)
+
+        # tokens -> image: read v itself, then project with values_v_proj's per-head block
+        read = torch.matmul(probs_l.view(bsz, h, n_tok, n_img), v.unsqueeze(1))  # [B, h, T, v_dim]
+        w_v = self.values_v_proj.weight.view(h, d, v_dim)
+        out_l = torch.matmul(read, w_v.transpose(1, 2))  # [B, h, T, d]
+        out_l = out_l + probs_l.view(bsz, h, n_tok, n_img).sum(-1, keepdim=True) * self.values_v_proj.bias.view(h, 1, d)
+        out_l = out_l.transpose(1, 2).reshape(bsz, n_tok, self.embed_dim)
+
+        # image -> tokens: fold out_v_proj's per-head block into the token values
+        value_l = self.values_l_proj(l).view(bsz, n_tok, h, d).transpose(1, 2)  # [B, h, T, d]
+        w_o = self.out_v_proj.weight.view(v_dim, h, d).permute(1, 2, 0)  # [h, d, v_dim]
+        folded_o = torch.matmul(value_l, w_o).reshape(bsz, h * n_tok, v_dim)
+        probs = probs_v.view(bsz, h, n_img, n_tok).transpose(1, 2).reshape(bsz, n_img, h * n_tok)
+        out_v = torch.baddbmm(self.out_v_proj.bias.expand(bsz, n_img, v_dim), probs, folded_o)
+        return out_v, self.out_l_proj(out_l)
 
 
     def image_keys(self, v: Tensor) -> tuple[Tensor, Tensor]:
