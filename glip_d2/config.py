@@ -250,6 +250,10 @@ def _add_dataset_keys(cfg: CN) -> None:
     _C.DATASETS.SYNTHETIC.NUM_TEST = 50
     # Your own COCO-format jsons to register before training/evaluation: ((name, json_file, image_root), ...).
     _C.DATASETS.REGISTER_COCO = []
+    # Pseudo-label shard folders to register: ((name, shards_dir, image_root), ...); image_root "" = paths as written.
+    _C.DATASETS.REGISTER_PSEUDO = []
+    # Share of samples drawn from each DATASETS.TRAIN name (normalised to sum 1); [] = datasets in proportion to size.
+    _C.DATASETS.TRAIN_SAMPLING_RATIOS = []
     # Bad data found at load (missing images, NaN/negative/outside boxes, ...): "error", "skip" (drop, counted) or "fix".
     _C.DATASETS.ON_INVALID = "error"
     # Images per dataset decoded at load to check they are readable and of the json's size (all are stat-ed).

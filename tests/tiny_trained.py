@@ -49,7 +49,7 @@ def copypaste_blocks(output: str) -> list:
 
 
 def copypaste_results(output: str):
-    """The (metric names, values) of the last detectron2 "copypaste" AP block in a log."""
+    """The last detectron2 "copypaste" AP block of a log as {metric: value}."""
     return copypaste_blocks(output)[-1]
 
 

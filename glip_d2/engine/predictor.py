@@ -9,7 +9,9 @@ Prompt forms (see :meth:`GLIPPredictor.encode_prompt`):
 * any other string is free text: ``phrases=[...]`` names the entities to ground (first whole-word match each);
   without them, noun phrases are found offline (:func:`glip_d2.data.phrase_extraction.extract_noun_phrases`, a stand-in
   for the official NLTK chunker). Free text longer than the token limit cannot be chunked: a ``ValueError``
-  says so.
+  says so;
+* a :class:`~glip_d2.data.prompts.Prompt` (caption, char spans and labels already decided, e.g. by the
+  self-training teacher) is used as it is.
 
 An encoded prompt (tokenization + positive maps) is cached by its text, so a repeated prompt is not re-encoded;
 the text encoder itself still runs per image, because fusion updates the text features with each image.
@@ -35,7 +37,7 @@ from detectron2.structures import Instances
 
 from ..checkpoint.checkpointer import resolve_weights_path
 from ..checkpoint.task_file import peek_task_info
-from ..data.prompts import demo_prompt, free_text_prompt, split_vocabulary
+from ..data.prompts import Prompt, demo_prompt, free_text_prompt, split_vocabulary
 from ..data.tokens import encode_prompt
 from ..data.transforms import build_glip_augmentation
 from ..structures import PhraseList
@@ -45,7 +47,7 @@ __all__ = ["GLIPPredictor", "PromptType", "parse_prompt", "to_uint8_image"]
 
 logger = logging.getLogger(__name__)
 
-PromptType = str | Sequence[str]
+PromptType = str | Sequence[str] | Prompt
 
 #: A "."-separated string is read as a list of names when every piece has at most this many words.
 MAX_WORDS_PER_NAME = 4
@@ -104,6 +106,10 @@ def parse_prompt(prompt: PromptType, phrases: Sequence[str] | None = None):
         isinstance(phrases, str) or not isinstance(phrases, (list, tuple)) or not all(isinstance(p, str) for p in phrases)
     ):
         raise TypeError(f"phrases must be a list of str, e.g. ['red circle'], got {type(phrases).__name__} {phrases!r}")
+    if isinstance(prompt, Prompt):
+        if phrases is not None:
+            raise ValueError("phrases= is for free-text prompts; a Prompt already has its rows")
+        return "prompt", prompt
     if isinstance(prompt, (list, tuple)):
         if phrases is not None:
             raise ValueError("phrases= is for free-text prompts; a list prompt already lists its phrases")
@@ -221,11 +227,12 @@ class GLIPPredictor:
 
         Cached by (prompt, phrases): a repeated prompt costs no tokenization.
         """
-        key = (
-            tuple(prompt) if isinstance(prompt, (list, tuple)) else prompt,
-            isinstance(prompt, (list, tuple)),
-            None if phrases is None else tuple(phrases),
-        )
+        if isinstance(prompt, Prompt):
+            text = (prompt.caption, tuple(tuple(map(tuple, row)) for row in prompt.spans), tuple(prompt.labels),
+                    tuple(prompt.phrases))
+        else:
+            text = tuple(prompt) if isinstance(prompt, (list, tuple)) else prompt
+        key = (text, type(prompt).__name__, None if phrases is None else tuple(phrases))
         try:
             hit = self._cache.get(key)
         except TypeError:  # unhashable pieces: let parse_prompt name the problem

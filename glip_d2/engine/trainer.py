@@ -11,7 +11,9 @@ What differs from detectron2's ``DefaultTrainer`` and why:
 * ``GLIPCheckpointer`` (atomic saves, official/zoo weights) instead of ``DetectionCheckpointer``;
 * transfer (README "Transfer"): ``SOLVER.TUNING_MODE`` decides what trains (task checkpoints hold only that),
   ``DATASETS.FEW_SHOT`` / ``SHUFFLE_SEED`` / ``GENERAL_COPY`` build the training set, ``SOLVER.MAX_EPOCH`` the
-  schedule.
+  schedule;
+* ``DATASETS.TRAIN_SAMPLING_RATIOS`` draws each training set at its share of the samples (detectron2's
+  ``RepeatFactorTrainingSampler``, factors from :mod:`glip_d2.data.sampling_ratios`).
 """
 import logging
 import os
@@ -257,36 +259,72 @@ class GLIPTrainer(DefaultTrainer):
     @classmethod
     def build_train_records(cls, cfg) -> list[dict]:
         """The training dicts: validated (``DATASETS.ON_INVALID``), K-shot sampled per dataset when
-        ``DATASETS.FEW_SHOT`` is set, repeated ``DATASETS.GENERAL_COPY`` times."""
+        ``DATASETS.FEW_SHOT`` is set, repeated ``DATASETS.GENERAL_COPY`` times. With
+        ``DATASETS.TRAIN_SAMPLING_RATIOS``, each dataset's records in turn (the loader's sampler weighs them)."""
         from ..data.datasets import register_datasets_from_cfg
-        from ..data.few_shot import few_shot_subset, repeat_records
-        from ..data.mapper import tag_records
+        from ..data.few_shot import repeat_records
         from ..data.validation import validated_dataset_dicts_from_cfg
 
-        register_datasets_from_cfg(cfg)  # synthetic set (generated on first use), DATASETS.REGISTER_COCO
+        register_datasets_from_cfg(cfg)  # synthetic set (generated on first use), DATASETS.REGISTER_COCO / _PSEUDO
+        if cfg.DATASETS.TRAIN_SAMPLING_RATIOS:
+            return [r for _, records in cls._ratio_train_records(cfg)[0] for r in records]
         if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET or cfg.DATASETS.FEW_SHOT:  # per dataset
-            dataset = []
-            for name in cfg.DATASETS.TRAIN:
-                records = validated_dataset_dicts_from_cfg(cfg, [name], is_train=True)
-                records = few_shot_subset(records, int(cfg.DATASETS.FEW_SHOT), int(cfg.DATASETS.SHUFFLE_SEED))
-                # per-dataset prompt sources: each record names its dataset
-                dataset += tag_records(records, name) if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET else records
+            dataset = [r for _, records in cls.build_train_records_by_dataset(cfg) for r in records]
         else:
             dataset = validated_dataset_dicts_from_cfg(cfg, cfg.DATASETS.TRAIN, is_train=True)
         return repeat_records(dataset, int(cfg.DATASETS.GENERAL_COPY))
 
     @classmethod
+    def build_train_records_by_dataset(cls, cfg) -> list[tuple[str, list[dict]]]:
+        """``(name, dicts)`` per ``DATASETS.TRAIN`` name: validated, K-shot sampled (``DATASETS.FEW_SHOT``), tagged
+        with the name when ``INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET``; not yet repeated ``GENERAL_COPY`` times."""
+        from ..data.datasets import register_datasets_from_cfg
+        from ..data.few_shot import few_shot_subset
+        from ..data.mapper import tag_records
+        from ..data.validation import validated_dataset_dicts_from_cfg
+
+        register_datasets_from_cfg(cfg)
+        ret = []
+        for name in cfg.DATASETS.TRAIN:
+            records = validated_dataset_dicts_from_cfg(cfg, [name], is_train=True)
+            records = few_shot_subset(records, int(cfg.DATASETS.FEW_SHOT), int(cfg.DATASETS.SHUFFLE_SEED))
+            # per-dataset prompt sources: each record names its dataset
+            ret.append((name, tag_records(records, name) if cfg.INPUT.PROMPT.TRAIN_SOURCE_BY_DATASET else records))
+        return ret
+
+    @classmethod
+    def _ratio_train_records(cls, cfg) -> tuple[list[tuple[str, list[dict]]], list[float]]:
+        """Per-dataset records (``GENERAL_COPY`` applied to each) and their normalised sampling ratios, the ratios
+        checked before any data is loaded."""
+        from ..data.few_shot import repeat_records
+        from ..data.sampling_ratios import sampling_ratios_from_cfg
+
+        ratios = sampling_ratios_from_cfg(cfg)
+        copies = int(cfg.DATASETS.GENERAL_COPY)
+        return [(n, repeat_records(r, copies)) for n, r in cls.build_train_records_by_dataset(cfg)], ratios
+
+    @classmethod
     def build_train_loader(cls, cfg):
         from ..data.datasets import register_datasets_from_cfg
         from ..data.mapper import GroundingDatasetMapper
+        from ..data.sampling_ratios import build_ratio_sampler
         from .caption_data import build_caption_train_loader, is_caption_data
         from .vqa_data import build_vqa_train_loader, is_vqa_data
 
         register_datasets_from_cfg(cfg)
+        names = cfg.DATASETS.TRAIN
+        if cfg.DATASETS.TRAIN_SAMPLING_RATIOS and (is_vqa_data(names) or is_caption_data(names)):
+            raise ValueError(f"DATASETS.TRAIN_SAMPLING_RATIOS mixes grounding / detection sets only, not the VQA or "
+                             f"captioning sets {list(names)}; leave it empty for them")
         if is_vqa_data(cfg.DATASETS.TRAIN):  # questions + soft answers (GLIPv2VQA): VQADatasetMapper, no box checks
             return build_vqa_train_loader(cfg)
         if is_caption_data(cfg.DATASETS.TRAIN):  # images + reference captions (GLIPv2Caption): CaptionDatasetMapper
             return build_caption_train_loader(cfg)
+        if cfg.DATASETS.TRAIN_SAMPLING_RATIOS:  # each dataset drawn at its share of the samples
+            dataset, sampler = build_ratio_sampler(*cls._ratio_train_records(cfg))
+            return build_detection_train_loader(
+                cfg, mapper=GroundingDatasetMapper(cfg, is_train=True), dataset=dataset, sampler=sampler
+            )
         dataset = cls.build_train_records(cfg)
         return build_detection_train_loader(cfg, mapper=GroundingDatasetMapper(cfg, is_train=True), dataset=dataset)
 

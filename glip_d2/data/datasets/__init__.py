@@ -115,7 +115,8 @@ def register_datasets_from_cfg(cfg) -> list:
     The synthetic sets (grounding, VQA and captions), the builtin VQA v2 splits and COCO Karpathy caption splits
     when DATASETS.TRAIN/TEST name them (synthetic data generated on first use), and every
     ``(name, json_file, image_root)`` of DATASETS.REGISTER_COCO as COCO-format grounding data, so that one command
-    evaluates a user's own json; then the ODinW names (``odinw_Aquarium_val``, ...) nobody registered yet.
+    evaluates a user's own json; every ``(name, shards_dir, image_root)`` of DATASETS.REGISTER_PSEUDO as pseudo-label
+    grounding data; then the ODinW names (``odinw_Aquarium_val``, ...) nobody registered yet.
     Returns the names registered.
     """
     from detectron2.data import DatasetCatalog
@@ -124,16 +125,45 @@ def register_datasets_from_cfg(cfg) -> list:
     names += register_synthetic_domains_from_cfg(cfg)  # transfer domains, when named
     names += register_synthetic_vqa_from_cfg(cfg) + register_vqa_from_cfg(cfg)  # VQA sets: only those used
     names += register_synthetic_captions_from_cfg(cfg) + register_caption_builtins_from_cfg(cfg)  # captioning sets: only those used
-    for entry in cfg.DATASETS.REGISTER_COCO:
-        if len(entry) != 3:
-            raise ValueError(f"DATASETS.REGISTER_COCO entries are (name, json_file, image_root); got {entry!r}")
-        name, json_file, image_root = entry
-        if not os.path.isfile(json_file):
-            raise FileNotFoundError(f"DATASETS.REGISTER_COCO: json file of '{name}' not found: {json_file}")
+    for name, json_file, image_root in _user_entries(cfg.DATASETS.REGISTER_COCO, "REGISTER_COCO", "json_file",
+                                                    os.path.isfile):
         if name not in DatasetCatalog.list():
             register_coco_grounding(name, json_file, image_root)
         names.append(name)
+    names += _register_pseudo_from_cfg(cfg)
     names += register_odinw_from_cfg(cfg)
+    return names
+
+
+def _user_entries(entries, key: str, what: str, exists):
+    """The ``(name, path, image_root)`` entries of ``DATASETS.<key>``, each checked: three parts, an existing path."""
+    for entry in entries:
+        if len(entry) != 3:
+            raise ValueError(f"DATASETS.{key} entries are (name, {what}, image_root); got {entry!r}")
+        name, path, image_root = entry
+        if not exists(path):
+            raise FileNotFoundError(f"DATASETS.{key}: {what} of '{name}' not found: {path}")
+        yield name, path, image_root
+
+
+def _register_pseudo_from_cfg(cfg) -> list:
+    """DATASETS.REGISTER_PSEUDO: pseudo-label shard folders (self-training) as training sets a config can name."""
+    if not cfg.DATASETS.REGISTER_PSEUDO:
+        return []  # nothing to import: glip_d2.self_training pulls in the teacher's modules
+    from detectron2.data import DatasetCatalog
+
+    from ...self_training.shards import list_shards, register_pseudo_grounding  # lazily: self_training imports data
+
+    names = []
+    for name, shards_dir, image_root in _user_entries(cfg.DATASETS.REGISTER_PSEUDO, "REGISTER_PSEUDO", "shards_dir",
+                                                     os.path.isdir):
+        if not list_shards(shards_dir):
+            raise FileNotFoundError(
+                f"DATASETS.REGISTER_PSEUDO: shard folder of '{name}' holds no shards (shard_NNNNNN.json): {shards_dir}"
+            )
+        if name not in DatasetCatalog.list():
+            register_pseudo_grounding(name, shards_dir, image_root or None)
+        names.append(name)
     return names
 
 

@@ -40,10 +40,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .captions import register_coco_captions
 from .generated_data import begin_generation, ensure_generated, finish_generation, write_jpeg
-from .synthetic import _relation, render_sample
+from .synthetic import COLORS, _relation, render_sample
 
-__all__ = ["SYNTHETIC_CAPTION_DATASETS", "generate_synthetic_captions", "register_synthetic_captions",
-           "register_synthetic_captions_from_cfg", "scene_captions"]
+__all__ = ["SYNTHETIC_CAPTION_DATASETS", "generate_synthetic_captions", "phrase_names_object",
+           "register_synthetic_captions", "register_synthetic_captions_from_cfg", "scene_captions"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,17 @@ def _count(n: int, words: str, use_one: bool = False) -> str:
     head, _, noun = words.rpartition(" ")
     plural = _PLURALS.get(noun, noun + "s")
     return f"{_NUMBERS[n] if n < len(_NUMBERS) else n} {head + ' ' if head else ''}{plural}"
+
+
+def phrase_names_object(phrase: str, category_name: str) -> bool:
+    """Whether a caption phrase can refer to an object of ``category_name`` ("red circle"): its shape word (or
+    "shape"/"object", singular or plural) is in the phrase, and so is its colour when the phrase names a colour.
+    The ground truth that pseudo boxes of these captions are checked against (self-training tests)."""
+    colour, shape = category_name.split()
+    singular = {plural: noun for noun, plural in _PLURALS.items()}
+    words = [singular.get(w, w) for w in phrase.lower().split()]
+    colours = [w for w in words if w in COLORS]
+    return (shape in words or "shape" in words or "object" in words) and (not colours or colour in colours)
 
 
 def _join(parts: list[str]) -> str:
