@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning
 export HF_HUB_OFFLINE ?= 0
 
-.PHONY: install test test-fast demo lint benchmark clean
+.PHONY: install test test-fast demo app lint benchmark clean
 
 install:
 	@bash tools/install_env.sh
@@ -17,6 +17,10 @@ test-fast: install
 
 demo: install
 	$(PY) demo/make_demo.py
+
+# The web demo on http://127.0.0.1:7860 (demo/app.py); e.g. make app APP_ARGS="--port 8080 --weights GLIP-T"
+app: install
+	$(PY) demo/app.py $(APP_ARGS)
 
 lint: install
 	$(PY) -m ruff check glip_d2 tests tools demo train_net.py

