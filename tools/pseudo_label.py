@@ -49,6 +49,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _count_on_main_process(args) -> int:
+    """The number of pairs, for the ETA: one text-only pass on the main process, shared with every process (with
+    its error, if the file has a bad row, so that every process stops with the same message)."""
+    counted = None
+    if comm.is_main_process():
+        try:
+            counted = count_pairs(args.input, args.image_root, args.on_bad_row)
+        except (OSError, ValueError) as e:
+            counted = e
+    counted = comm.all_gather(counted)[0]
+    if isinstance(counted, Exception):
+        raise counted
+    return counted
+
+
 def main(args) -> dict:
     setup_logger(name="glip_d2", distributed_rank=comm.get_rank())
     cfg = load_cli_cfg(args.config_file, args.weights, args.opts)
@@ -56,7 +71,7 @@ def main(args) -> dict:
         score_threshold=args.score_threshold, topk_per_phrase=args.topk_per_phrase, shard_size=args.shard_size,
         batch_size=args.batch_size, on_bad_row=args.on_bad_row,
     )
-    total = None if args.no_eta else count_pairs(args.input, args.image_root, args.on_bad_row)
+    total = None if args.no_eta else _count_on_main_process(args)
     predictor = GLIPPredictor(cfg)
     counts = pseudo_label(cfg, predictor, args.input, args.output, settings, args.image_root, total)
     every = comm.gather(counts, dst=0)

@@ -86,7 +86,8 @@ def build_ratio_sampler(
     dataset's size, ratio and repeat factor. ``seed=None``: a seed shared by all processes, as detectron2."""
     dataset, factors = mix_datasets(named_records, ratios)
     sizes = [len(records) for _, records in named_records]
-    per_dataset = repeat_factors_for_ratios(sizes, ratios)
+    firsts = [sum(sizes[:d]) for d in range(len(sizes))]
+    per_dataset = [float(factors[i]) for i in firsts]  # every record of a dataset has its dataset's factor
     total = sum(ratios)
     logger.info(
         "Training datasets mixed by %s: %s; one sampler pass ~ %d samples from %d records",
