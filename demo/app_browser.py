@@ -104,6 +104,15 @@ class DemoPage:
         self._find("#picture input[type=file]").send_keys(os.path.abspath(path))
         self._wait(lambda d: self._all("#picture img") or self.messages() != before, "the upload")
 
+    def pick_sample(self, index: int = 0) -> None:
+        """Click a sample under the picture box; returns once its picture and prompt are in the inputs."""
+        self._find(f'[data-testid="dataset-cell-{index}-0"]').click()
+        self._wait(lambda d: self._all("#picture img") and self._find("#prompt textarea").get_attribute("value"),
+                   "the sample's picture and prompt")
+
+    def prompt(self) -> str:
+        return self._find("#prompt textarea").get_attribute("value")
+
     def type_prompt(self, text: str) -> None:
         box = self._find("#prompt textarea")
         box.clear()

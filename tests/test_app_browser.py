@@ -39,12 +39,14 @@ def _ensure_chromium():
 def page(tmp_path_factory):
     _ensure_chromium()
     run = trained_tiny(tmp_path_factory)
-    log = str(tmp_path_factory.mktemp("app") / "app.log")
+    folder = tmp_path_factory.mktemp("app")
+    sample, names = _scene(folder, seed=11)
     proc, url = app_browser.start_app(["--config-file", CONFIG, "--weights", run["weights"],
                                        "--confidence-threshold", "0.3", "--one-phrase-per-region", "0.3",
-                                       "--max-megapixels", "40"], log)
+                                       "--max-megapixels", "40", "--sample", sample, ". ".join(names) + "."],
+                                      str(folder / "app.log"))
     browser = app_browser.DemoPage(url)
-    yield browser, proc
+    yield browser, proc, names
     browser.close()
     app_browser.stop_app(proc)
 
@@ -67,7 +69,7 @@ def _check_result(browser, names):
 
 
 def test_upload_type_names_and_see_boxes(page, tmp_path):
-    browser, _ = page
+    browser, _, _ = page
     path, names = _scene(tmp_path)
     browser.reload()
     browser.upload(path)
@@ -78,8 +80,17 @@ def test_upload_type_names_and_see_boxes(page, tmp_path):
     assert os.path.getsize(tmp_path / "page.png") > 10_000
 
 
+def test_pick_the_sample_and_see_boxes(page):
+    browser, _, names = page
+    browser.reload()
+    browser.pick_sample(0)
+    assert browser.prompt() == ". ".join(names) + "."
+    browser.detect()
+    _check_result(browser, names)
+
+
 def test_bad_inputs_show_messages_and_the_server_keeps_serving(page, tmp_path):
-    browser, proc = page
+    browser, proc, _ = page
     path, names = _scene(tmp_path, seed=5)
     (tmp_path / "notes.txt").write_text("not a picture")
     (tmp_path / "fake.png").write_text("not a picture either")
