@@ -15,8 +15,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
+# make demo IMAGE=photo.jpg PROMPT="person. dog." grounds your own picture (GLIP-T when cached, else the embedded model)
 demo: install
-	$(PY) demo/make_demo.py
+	$(PY) demo/make_demo.py $(if $(IMAGE),--image "$(IMAGE)") $(if $(PROMPT),--prompt "$(PROMPT)")
 
 # The web demo on http://127.0.0.1:7860 (demo/app.py); e.g. make app APP_ARGS="--port 8080 --weights GLIP-T"
 app: install

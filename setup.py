@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["glip_d2", "glip_d2.*"]),
-    package_data={"glip_d2": ["../configs/**/*.yaml", "data/datasets/odinw_catalog.json"]},
+    package_data={"glip_d2": ["../configs/**/*.yaml", "data/datasets/odinw_catalog.json", "assets/*.pth"]},
     install_requires=[
         "torch>=2.0",
         "torchvision",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Web demo: upload a picture, type a prompt, see the grounded boxes (a local gradio page).
 
-    make app                                    # http://127.0.0.1:7860, GLIP-T if cached, else the tiny model
+    make app                                    # http://127.0.0.1:7860, GLIP-T if cached, else the embedded model
     .venv/bin/python demo/app.py --weights GLIP-T --port 8080
     .venv/bin/python demo/app.py --config-file CFG --weights model_final.pth --host 0.0.0.0
     .venv/bin/python demo/app.py --vqa-config VQA_CFG --vqa-weights vqa.pth    # adds an "Ask" tab
@@ -297,9 +297,10 @@ def build_page(app: DemoApp, samples: list[list[str]] = ()):
     return page
 
 
-def default_models(args) -> tuple[list[ModelChoice], list[list[str]]]:
-    """The models and sample pictures of a plain ``make app``: GLIP-T when its weights are cached (nothing is
-    downloaded), and the tiny synthetic-shapes model (trained on first use when GLIP-T is not cached)."""
+def default_models() -> tuple[list[ModelChoice], list[list[str]]]:
+    """The models and sample pictures of a plain ``make app``, those of ``make demo``: GLIP-T when its weights are
+    cached (nothing is downloaded), the embedded model shipped in the package, and the quick-schedule tiny model
+    when it is cached and current (or, with neither of the others, trained now)."""
     import make_demo
 
     from glip_d2 import model_zoo
@@ -312,14 +313,19 @@ def default_models(args) -> tuple[list[ModelChoice], list[list[str]]]:
 
         samples.append([matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False),
                         ". ".join(make_demo.GLIP_T_PROMPT)])
-    tiny_final = os.path.join(REPO, make_demo.TINY_DIR, "model_final.pth")
-    if glip_t is None or os.path.isfile(tiny_final):
-        os.chdir(REPO)  # the tiny model's config names its data and output folders relative to the checkout
-        weights = make_demo.ensure_tiny_model()
-        models.append(ModelChoice("tiny GLIP (synthetic colour-shape names)", make_demo.TINY_CONFIG, weights,
+    os.chdir(REPO)  # the synthetic configs name their data and output folders relative to the checkout
+    embedded = make_demo.embedded_model()
+    if embedded is not None:
+        models.append(ModelChoice("embedded model (synthetic colour-shape names)", *embedded,
+                                  threshold=make_demo.EMBEDDED_THRESHOLD,
+                                  one_phrase_iou=make_demo.EMBEDDED_AGNOSTIC_NMS, one_phrase_default=True))
+    tiny = make_demo.cached_tiny_model() or (None if models else make_demo.ensure_tiny_model())
+    if tiny is not None:
+        models.append(ModelChoice("quick-schedule tiny model", make_demo.TINY_CONFIG, tiny,
                                   threshold=0.3, one_phrase_iou=make_demo.TINY_AGNOSTIC_NMS, one_phrase_default=True))
+    if glip_t is None or len(models) > 1:
         record = make_demo.synthetic_sample()
-        samples.append([record["file_name"], make_demo.tiny_prompt(record)])
+        samples.append([record["file_name"], make_demo.tiny_prompt(record) + "."])
     return models, samples
 
 
@@ -358,11 +364,12 @@ def main(argv=None):
                               one_phrase_default=iou is not None, opts=tuple(args.opts))]
         samples = []
     else:
-        models, samples = default_models(args)
+        models, samples = default_models()
     samples += [[image, prompt] for image, prompt in args.sample]
     vqa = ModelChoice("VQA", args.vqa_config, args.vqa_weights) if args.vqa_config else None
     caption = ModelChoice("captioning", args.caption_config, args.caption_weights) if args.caption_config else None
     app = DemoApp(models, args.max_megapixels, vqa=vqa, caption=caption)
+    models[0].predictor()  # the page's default model is ready before the first request (the others on first use)
     page = build_page(app, samples)
     print(f"[app] serving {', '.join(app.models)} on http://{args.host}:{args.port}", flush=True)
     page.queue(default_concurrency_limit=1, max_size=MAX_QUEUE).launch(

@@ -123,12 +123,15 @@ class DemoPage:
         if box.is_selected() != on:
             box.click()
 
-    def detect(self) -> None:
-        """Click "Detect" and wait for this click's result or message."""
-        self._before = (self.summary(), self.messages())
+    def detect(self, expect_message: str | None = None) -> None:
+        """Click "Detect" and wait for this click's result, or for a message containing ``expect_message``."""
+        before = self.summary()
         self._find("#detect").click()
-        self._wait(lambda d: self.messages() != self._before[1]
-                   or (not self.busy() and self.summary() not in ("", self._before[0])), "the result or a message")
+        if expect_message is not None:
+            self._wait(lambda d: any(expect_message in m for m in self.messages()), f"a message with {expect_message!r}")
+            return
+        self._wait(lambda d: self.messages() or (not self.busy() and self.summary() not in ("", before)),
+                   "the result or a message")
 
     def summary(self) -> str:
         """The line under the drawn picture (the markdown text only, not gradio's progress timer)."""
@@ -175,13 +178,12 @@ def main(argv=None) -> str:
     os.chdir(REPO)
     import make_demo
 
-    make_demo.ensure_tiny_model()
     record = make_demo.synthetic_sample()
     proc, url = start_app(args.app_args, "output/app_browser.log")
     try:
         page = DemoPage(url)
         page.upload(record["file_name"])
-        page.type_prompt(make_demo.tiny_prompt(record))
+        page.type_prompt(make_demo.tiny_prompt(record) + ".")
         page.detect()
         if page.messages():
             raise RuntimeError(f"the page shows an error: {page.messages()[-1]}")

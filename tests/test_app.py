@@ -125,15 +125,27 @@ def test_ask_and_caption_tabs_serve_their_models(tmp_path):
     assert {"question", "ask", "answers", "describe", "caption"} <= ids
 
 
-def test_default_models_offer_the_tiny_model_when_glip_t_is_not_cached(monkeypatch):
+def test_default_models_are_make_demos(monkeypatch):
+    """GLIP-T not cached: the embedded model (no training); without its file either, the tiny model is trained."""
     import make_demo
 
+    record = {"file_name": "val/0.png", "annotations": [{"category_id": 1}, {"category_id": 8}]}
+    trained = []
     monkeypatch.setattr(make_demo, "cached_glip_t", lambda: None)
-    monkeypatch.setattr(make_demo, "ensure_tiny_model", lambda: "cached/model_final.pth")
-    monkeypatch.setattr(make_demo, "synthetic_sample", lambda: {"file_name": "val/0.png", "annotations": [
-        {"category_id": 1}, {"category_id": 8}]})
+    monkeypatch.setattr(make_demo, "ensure_tiny_model", lambda: trained.append(1) or "cached/model_final.pth")
+    monkeypatch.setattr(make_demo, "synthetic_sample", lambda: record)
+    monkeypatch.setattr(make_demo, "cached_tiny_model", lambda: None)
     monkeypatch.chdir(REPO)
-    models, samples = web_app.default_models(None)
-    assert [m.weights for m in models] == ["cached/model_final.pth"]
-    assert models[0].threshold == 0.3 and models[0].one_phrase_default
-    assert samples == [["val/0.png", make_demo.tiny_prompt({"annotations": [{"category_id": 1}, {"category_id": 8}]})]]
+    monkeypatch.setattr(make_demo, "embedded_model", lambda: ("embedded.yaml", "embedded.pth"))
+    models, samples = web_app.default_models()
+    assert [(m.config_file, m.weights) for m in models] == [("embedded.yaml", "embedded.pth")] and not trained
+    assert models[0].threshold == make_demo.EMBEDDED_THRESHOLD and models[0].one_phrase_default
+    assert samples == [["val/0.png", make_demo.tiny_prompt(record) + "."]]
+
+    monkeypatch.setattr(make_demo, "embedded_model", lambda: None)
+    models, _ = web_app.default_models()
+    assert [m.weights for m in models] == ["cached/model_final.pth"] and trained == [1]
+    monkeypatch.setattr(make_demo, "embedded_model", lambda: ("embedded.yaml", "embedded.pth"))
+    monkeypatch.setattr(make_demo, "cached_tiny_model", lambda: "tiny/model_final.pth")
+    models, _ = web_app.default_models()
+    assert [m.weights for m in models] == ["embedded.pth", "tiny/model_final.pth"] and trained == [1]

@@ -1,4 +1,4 @@
-"""The web demo in a real browser: demo/app.py serving the CI-trained tiny model on a free local port, driven by
+"""The web demo in a real browser: demo/app.py serving the embedded model on a free local port, driven by
 headless Chromium (Debian's chromium + chromium-driver, installed here when missing and allowed; otherwise the
 test is skipped with the reason). A synthetic picture is uploaded and its names typed; the drawn picture and the
 table appear with those names; each bad input shows its message and the server goes on serving."""
@@ -10,12 +10,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from tiny_trained import CONFIG, REPO, trained_tiny
+from tiny_trained import REPO
 
 sys.path.insert(0, os.path.join(REPO, "demo"))
 import app_browser  # demo/app_browser.py
 
 from glip_d2.data.datasets.synthetic import render_sample
+from glip_d2.embedded_model import CONFIG_FILE, WEIGHTS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +39,9 @@ def _ensure_chromium():
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     _ensure_chromium()
-    run = trained_tiny(tmp_path_factory)
     folder = tmp_path_factory.mktemp("app")
     sample, names = _scene(folder, seed=11)
-    proc, url = app_browser.start_app(["--config-file", CONFIG, "--weights", run["weights"],
+    proc, url = app_browser.start_app(["--config-file", CONFIG_FILE, "--weights", WEIGHTS_FILE,
                                        "--confidence-threshold", "0.3", "--one-phrase-per-region", "0.3",
                                        "--max-megapixels", "40", "--sample", sample, ". ".join(names) + "."],
                                       str(folder / "app.log"))
@@ -62,7 +62,7 @@ def _check_result(browser, names):
     assert not browser.messages(), browser.messages()
     rows = browser.table()
     assert rows, "no detections table"
-    assert {row[0] for row in rows} <= set(names)  # every row is one of the typed names
+    assert {row[0] for row in rows} == set(names)  # each object found with its own name, nothing else
     assert [float(r[1]) for r in rows] == sorted((float(r[1]) for r in rows), reverse=True)
     assert browser.summary().startswith(f"{len(rows)} detection")
     assert "/gradio_api/file=" in browser.result_image_src()  # the drawn picture came back
@@ -109,9 +109,9 @@ def test_bad_inputs_show_messages_and_the_server_keeps_serving(page, tmp_path):
         if upload:
             browser.upload(upload)
         browser.type_prompt(prompt)
-        browser.detect()
+        browser.detect(expect_message=expected)
         shown = "\n".join(browser.messages())
-        assert expected in shown, f"{expected!r} not in the page's messages: {shown!r}"
+        assert expected in shown, f"{expected!r} not in the page's messages: {shown!r} (summary {browser.summary()!r})"
         assert proc.poll() is None, "the server stopped"
     browser.reload()  # still serving: a good request after all the bad ones
     browser.upload(path)

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 #: Entry of a converted checkpoint holding its provenance (source file, sha256, variant).
 CONVERSION_INFO_KEY = "glip_d2_conversion"
 _STRICT_KEY = "__glip_d2_strict_source__"
+#: In a compact checkpoint: state-dict prefixes deliberately left out (the model keeps its own, pretrained, tensors).
+OMITTED_PREFIXES_KEY = "omitted_prefixes"
 _TASK_SOURCE_KEY = "__glip_d2_task_source__"
 
 
@@ -212,7 +214,15 @@ class GLIPCheckpointer(DetectionCheckpointer):
             comparison = compare_with_model(weights, self.model.state_dict())
             self._accept_fresh_glipv2(comparison, source)
             comparison.raise_if_any(source)
-        return super()._load_model(checkpoint)
+        omitted = tuple(checkpoint.pop(OMITTED_PREFIXES_KEY, None) or ())
+        incompatible = super()._load_model(checkpoint)
+        if omitted and incompatible is not None:  # a compact file (glip_d2.embedded_model): left out by design
+            left_out = [k for k in incompatible.missing_keys if k.startswith(omitted)]
+            logger.info("%d tensors under %s are not in the file by design: the model keeps its own (pretrained).",
+                        len(left_out), ", ".join(omitted))
+            incompatible = incompatible._replace(
+                missing_keys=[k for k in incompatible.missing_keys if not k.startswith(omitted)])
+        return incompatible
 
     def _accept_fresh_glipv2(self, comparison, source: str) -> None:
         """A GLIP checkpoint starts GLIPv2 pre-training: the GLIPv2 parameters (MLM head, region-word projections,

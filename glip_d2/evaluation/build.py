@@ -1,10 +1,11 @@
 """Pick the evaluator of a dataset from its MetadataCatalog ``evaluator_type``."""
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 
 from .caption import CaptionEvaluator
 from .flickr import FlickrEvaluator
 from .lvis_evaluation import LVISEvaluator  # detectron2's, + np.float during evaluate() and Fixed AP
+from .name_accuracy import NameAccuracyEvaluator
 from .refexp import RefExpEvaluator
 from .vqa import VQAEvaluator
 
@@ -12,14 +13,16 @@ __all__ = ["build_evaluator"]
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir=None) -> DatasetEvaluator:
-    """"coco"/"lvis": detectron2's own evaluators (pure-Python COCOeval; LVIS adds Fixed AP when
+    """"coco"/"lvis": detectron2's own evaluators (pure-Python COCOeval, plus per-object name accuracy when
+    TEST.NAME_ACCURACY; LVIS adds Fixed AP when
     TEST.LVIS_FIXED_AP); "flickr": Recall@k; "refexp": precision@k; "vqa": the official VQA accuracy; "caption": the
     COCO caption metrics (pycocoevalcap; METEOR/SPICE need Java). Boxes come back as ordinary ``pred_classes``, so
     detection AP needs nothing new."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_dir, use_fast_impl=False)
+        coco = COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_dir, use_fast_impl=False)
+        return DatasetEvaluators([coco, NameAccuracyEvaluator(dataset_name)]) if cfg.TEST.NAME_ACCURACY else coco
     if evaluator_type == "lvis":
         topk = cfg.TEST.FIXED_AP_TOPK if cfg.TEST.LVIS_FIXED_AP else 0
         return LVISEvaluator(dataset_name, tasks=tasks, output_dir=output_dir, fixed_ap_topk=topk)
