@@ -153,3 +153,29 @@ def test_make_demo_picture_boxes_every_object_with_its_own_name(tmp_path, monkey
     for name, (x, y, w, h) in truth:
         assert any(p == name and iou_xyxy(b, [x, y, x + w, y + h]) >= 0.5
                    for p, b in zip(drawn.pred_phrases, drawn.pred_boxes.tensor.tolist())), (name, list(drawn.pred_phrases))
+
+
+def test_make_demo_on_your_own_picture(tmp_path, monkeypatch, capsys):
+    """make demo IMAGE=... PROMPT=...: the user's picture through the embedded model, which the log names."""
+    import os
+    import sys
+
+    import cv2
+    import numpy as np
+    from tiny_trained import REPO
+
+    from glip_d2.data.datasets.synthetic import render_sample
+
+    sys.path.insert(0, os.path.join(REPO, "demo"))
+    import make_demo
+
+    monkeypatch.setattr(make_demo, "cached_glip_t", lambda: None)
+    image, objects = render_sample(np.random.default_rng(21))
+    cv2.imwrite(str(tmp_path / "mine.png"), image)
+    monkeypatch.chdir(tmp_path)  # a relative IMAGE is the user's, not the repository's
+    written = make_demo.main(["--image", "mine.png", "--prompt", objects[0]["name"] + ".",
+                              "--output", str(tmp_path / "out.png")])
+    assert cv2.imread(written) is not None
+    assert "the embedded model" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--image and --prompt together"):
+        make_demo.main(["--image", "mine.png"])
