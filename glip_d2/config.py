@@ -350,7 +350,8 @@ def _add_vqa_keys(cfg: CN) -> None:
     """GLIPv2's VQA fine-tuning (meta-architecture GLIPv2VQA) and the synthetic VQA set; unused by other models."""
     _C = cfg
     _C.MODEL.VQA = CN()
-    # Name in VL_HEAD_REGISTRY of the task head on the fused text of the last tower block.
+    # Name in VL_HEAD_REGISTRY of the task head: "VQAHead" (the fused question of the last tower block) or
+    # "GroundedVQAHead" (also the regions each question token grounds to, through the dot-product head).
     _C.MODEL.VQA.HEAD_NAME = "VQAHead"
     # Size of the answer vocabulary; 0 = the length of ANSWER_VOCAB_DATASET's registered answer_vocab.
     _C.MODEL.VQA.NUM_ANSWERS = 0

@@ -1,4 +1,4 @@
-"""GLIPv2VQA and its VQAHead: shapes, the loss formula, learning on a fixed batch, the kept grounding loss,
+"""GLIPv2VQA and its VQAHead / GroundedVQAHead: shapes, what the grounded head reads, the loss formula, learning on a fixed batch, the kept grounding loss,
 inference outputs, GLIP checkpoints starting VQA fine-tuning, and configuration errors."""
 import os
 
@@ -13,7 +13,8 @@ from glip_d2.checkpoint import GLIPCheckpointer
 from glip_d2.data.datasets.synthetic_vqa import register_synthetic_vqa
 from glip_d2.data.vqa_mapper import VQADatasetMapper
 from glip_d2.engine.defaults import load_glip_cfg
-from glip_d2.modeling.vl_heads import VL_HEAD_REGISTRY, VQAHead, dense_answer_targets
+from glip_d2.modeling.vl_heads import VL_HEAD_REGISTRY, GroundedVQAHead, VQAHead, dense_answer_targets
+from glip_d2.modeling.vl_heads.grounded_vqa_head import region_evidence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "glipv2_tiny_vqa_synthetic.yaml")
@@ -58,6 +59,69 @@ def test_head_loss_goes_down_on_a_fixed_batch():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def _regions(batch=2, tokens=5, channels=8, sizes=((4, 4), (2, 2)), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(batch, channels, h, w, generator=g) for h, w in sizes]
+    logits = [torch.randn(batch, h * w, tokens, generator=g) for h, w in sizes]
+    centerness = [torch.randn(batch, 1, h, w, generator=g) for h, w in sizes]
+    return {"logits": logits, "centerness": centerness, "features": features}
+
+
+def test_region_evidence_reads_the_region_a_token_grounds_to():
+    regions = _regions()
+    # token 2 of image 0 grounds sharply to location (1, 3) of level 0 (row-major index 7); token 4 to level 1's (1, 0)
+    regions["logits"][0][0, 7, 2] = 60.0
+    regions["logits"][1][0, 2, 4] = 60.0
+    pooled, evidence = region_evidence(regions["logits"], regions["centerness"], regions["features"])
+    assert pooled.shape == (2, 5, 8) and evidence.shape == (2, 5, 2)
+    assert torch.allclose(pooled[0, 2], regions["features"][0][0, :, 1, 3], atol=1e-4)
+    assert torch.allclose(pooled[0, 4], regions["features"][1][0, :, 1, 0], atol=1e-4)
+    assert float(evidence[0, 2, 0]) == 60.0  # the best logit over every level
+    # the soft count grows with the number of regions that score the token
+    more = _regions()
+    more["logits"][0][1, :, 3] = 10.0
+    less = _regions()
+    less["logits"][0][1, :, 3] = -10.0
+    count = lambda r: float(region_evidence(r["logits"], r["centerness"], r["features"])[1][1, 3, 1])  # noqa: E731
+    assert count(more) > count(less) + 1.0
+    with pytest.raises(ValueError, match="regions disagree"):
+        region_evidence(regions["logits"][:1], regions["centerness"], regions["features"])
+
+
+def test_grounded_head_answers_from_the_grounded_regions():
+    assert VL_HEAD_REGISTRY.get("GroundedVQAHead") is GroundedVQAHead and GroundedVQAHead.reads_regions
+    torch.manual_seed(0)
+    head = GroundedVQAHead(input_dim=16, region_dim=8, num_answers=4, dropout=0.0).eval()
+    hidden, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1] * 5])
+    regions = _regions()
+    logits = head(hidden, mask, regions=regions)
+    assert logits.shape == (2, 4)
+    # padded tokens are left out: changing what they ground to changes nothing
+    padded = _regions()
+    padded["logits"][0][0, :, 3:] += 5.0
+    assert torch.allclose(head(hidden, mask, regions=padded)[0], logits[0], atol=1e-5)
+    # the same question about another picture gets another answer distribution
+    assert not torch.allclose(head(hidden, mask, regions=_regions(seed=1)), logits, atol=1e-3)
+    with pytest.raises(ValueError, match="needs the grounding head's outputs"):
+        head(hidden, mask)
+    # learns answers that only the picture tells: the question is the same for every sample
+    torch.manual_seed(0)
+    head = GroundedVQAHead(input_dim=16, region_dim=8, num_answers=2, dropout=0.0)
+    samples = [_regions(batch=1, seed=s) for s in range(8)]
+    answers = [int(r["features"][0][0, 0].mean() > 0) for r in samples]  # "what is in the picture?" 0 or 1
+    batch = {k: [torch.cat([r[k][lvl] for r in samples]) for lvl in range(2)] for k in samples[0]}
+    targets = F.one_hot(torch.tensor(answers), 2).float()
+    question = torch.randn(1, 5, 16).expand(8, 5, 16)
+    opt = torch.optim.AdamW(head.parameters(), 1e-2)
+    for _ in range(60):
+        loss = head.losses(head(question, torch.ones(8, 5), regions=batch), targets)["loss_vqa"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    predicted = head(question, torch.ones(8, 5), regions=batch).argmax(1).tolist()
+    assert predicted == answers and len(set(answers)) == 2
 
 
 @pytest.fixture(scope="module")

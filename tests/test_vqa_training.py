@@ -1,5 +1,5 @@
 """The VQA quick schedule end to end: train_net.py trains GLIPv2VQA on synthetic_vqa_train and the VQA evaluator
-scores the held-out synthetic_vqa_test above the majority-answer baseline; GLIPPredictor.answer and
+scores the held-out synthetic_vqa_test well above what the question alone tells; GLIPPredictor.answer and
 ``demo.py --question`` use the trained checkpoint."""
 import json
 import os
@@ -18,9 +18,11 @@ from glip_d2.evaluation.vqa import vqa_results
 
 QUICK = os.path.join(REPO, "configs", "quick_schedules", "glipv2_tiny_vqa_synthetic.yaml")
 TEST_SET = "synthetic_vqa_test"
-#: Measured (README, "Visual question answering"): held-out synthetic_vqa_test accuracy well above the majority
-#: answer's; the test asks for this many points more, a margin below the measured gap.
-MIN_GAIN_OVER_MAJORITY = 10.0
+#: Measured on synthetic_vqa_val, where the recipe was chosen (README, "Visual question answering"): 73.4, against
+#: 39.0 for the best training answer per question type (what the question alone tells) and 16.6 for the majority
+#: answer; other (colour / shape answers, six of each) 78.4. The held-out test asks for less than half those gaps.
+MIN_GAIN_OVER_QUESTION_PRIOR = 15.0
+MIN_OTHER_ACCURACY = 50.0
 
 
 def _vqa_blocks(log: str) -> list[dict]:
@@ -58,7 +60,7 @@ def vqa_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_quick_schedule_beats_the_majority_answer_on_held_out_test(vqa_run):
+def test_quick_schedule_reads_the_picture_on_held_out_test(vqa_run):
     train, test = DatasetCatalog.get("synthetic_vqa_train"), DatasetCatalog.get(TEST_SET)
     base = baselines(train, test)
     res = vqa_run["results"]
@@ -69,7 +71,9 @@ def test_quick_schedule_beats_the_majority_answer_on_held_out_test(vqa_run):
     # the evaluator's number is the official accuracy of the answers it wrote
     assert res["accuracy"] == pytest.approx(vqa_results(vqa_run["predictions"], {r["question_id"]: r for r in test})
                                             ["accuracy"], abs=0.01)
-    assert res["accuracy"] > base["majority"] + MIN_GAIN_OVER_MAJORITY, (res, base)
+    # the picture is read: well above what the question alone tells, and colours and shapes are named
+    assert res["accuracy"] > base["question_type_prior"] + MIN_GAIN_OVER_QUESTION_PRIOR, (res, base)
+    assert res["other"] > MIN_OTHER_ACCURACY, res
 
 
 @pytest.mark.slow

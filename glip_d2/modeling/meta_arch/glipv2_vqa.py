@@ -2,8 +2,8 @@
 
 The question is the prompt. GLIP's stages run unchanged (``preprocess_image``, ``tokenize`` / ``encode_tokens``,
 ``extract_features``, ``predict``), so the question is fused with the image in every tower block, and a head of
-``VL_HEAD_REGISTRY`` (MODEL.VQA.HEAD_NAME, ``VQAHead``) reads the fused text of the last block
-(``lang_out["hidden"]``). The detector heads stay: one checkpoint grounds and answers.
+``VL_HEAD_REGISTRY`` (MODEL.VQA.HEAD_NAME) reads the fused text of the last block (``lang_out["hidden"]``):
+``VQAHead`` that alone, ``GroundedVQAHead`` also the grounding head's region-token logits and the regions. The detector heads stay: one checkpoint grounds and answers.
 
 * Training: ``loss_vqa`` (BCE against the soft scores, see ``VQAHead``). With MODEL.VQA.KEEP_DETECTION_LOSS the
   grounding losses of GLIP are kept (weighted by MODEL.VQA.DETECTION_LOSS_WEIGHT) on the samples of the batch whose
@@ -88,7 +88,11 @@ class GLIPv2VQA(GLIP):
         images = self.preprocess_image(batched_inputs)
         lang = self.encode_tokens(*self.tokenize([x["caption"] for x in batched_inputs]))
         outputs, visual, lang_out = self.predict(self.extract_features(images), lang)
-        logits = self.vqa_head(lang_out["hidden"], lang["masks"])
+        if self.vqa_head.reads_regions:  # GroundedVQAHead: the grounding head's region-token scores and the regions
+            regions = {"logits": outputs["dot_product_logits"], "centerness": outputs["centerness"], "features": visual}
+            logits = self.vqa_head(lang_out["hidden"], lang["masks"], regions=regions)
+        else:
+            logits = self.vqa_head(lang_out["hidden"], lang["masks"])
         return images, lang, outputs, visual, logits
 
     def forward(self, batched_inputs: list[dict]):

@@ -80,6 +80,9 @@ class VQAHead(nn.Module):
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
+    #: False: the meta-architecture passes no region inputs (``GroundedVQAHead`` reads them).
+    reads_regions = False
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Answer logits [B, num_answers]."""
         return self.mlp(self.pool(hidden, mask))
