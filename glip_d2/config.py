@@ -308,9 +308,6 @@ def _add_glipv2_keys(cfg: CN) -> None:
     _C.MODEL.GLIPV2.MLM.NO_MASK_FOR_GROUNDING = False
     # Weight of loss_mlm (official 1.0).
     _C.MODEL.GLIPV2.MLM.LOSS_WEIGHT = 1.0
-    # Start the LM head's output layer as a copy of the text encoder's word embeddings (BERT's tying) instead of
-    # the official fresh init: for text encoders shipped without an MLM head (MiniLM) and short schedules.
-    _C.MODEL.GLIPV2.MLM.DECODER_FROM_WORD_EMBEDDINGS = False
 
 
 def _add_transfer_keys(cfg: CN) -> None:

@@ -102,16 +102,6 @@ class LMPredictionHead(nn.Module):
         nn.init.zeros_(self.decoder.bias)
         self.vocab_size = vocab
 
-    @torch.no_grad()
-    def init_decoder_from(self, word_embeddings: torch.Tensor) -> None:
-        """Start the output layer as a copy of the text encoder's input word embeddings (BERT ties the two): a
-        word's output row then begins where the encoder puts that word, instead of at random among 30k rows. A copy,
-        not a tie, so the text encoder may stay frozen while the head learns."""
-        if tuple(word_embeddings.shape) != tuple(self.decoder.weight.shape):
-            raise ValueError(f"word embeddings {tuple(word_embeddings.shape)} do not fit the LM head's output layer "
-                             f"{tuple(self.decoder.weight.shape)} (vocabulary x hidden)")
-        self.decoder.weight.copy_(word_embeddings)
-
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """[..., hidden] -> vocabulary logits [..., vocab]. Run it on the labelled positions only to save memory."""
         return self.decoder(self.transform(hidden_states))

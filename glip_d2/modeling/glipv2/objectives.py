@@ -216,8 +216,6 @@ def build_glipv2_objectives(cfg, language_encoder: nn.Module) -> GLIPv2Objective
             raise ValueError(f"the LM head reads {cfg.MODEL.LANGUAGE.HIDDEN_DIM}-d text but the text model is "
                              f"{config.hidden_size}-d (MODEL.LANGUAGE.HIDDEN_DIM)")
         mlm_head = LMPredictionHead(config)
-        if v2.MLM.DECODER_FROM_WORD_EMBEDDINGS:
-            mlm_head.init_decoder_from(language_encoder.model.get_input_embeddings().weight)
     region_word = None
     rw = v2.REGION_WORD
     if rw.ENABLED:
