@@ -8,11 +8,12 @@ package when the model is built (as for any checkpoint without text-encoder weig
 reproduces the file from its config and seed.
 """
 import hashlib
+import io
 import os
 
 import torch
 
-from .checkpoint.checkpointer import OMITTED_PREFIXES_KEY
+from .checkpoint.checkpointer import OMITTED_PREFIXES_KEY, atomic_torch_save
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "embedded_cfg", "write_compact_checkpoint"]
 
@@ -37,16 +38,14 @@ def write_compact_checkpoint(checkpoint: str, output: str) -> dict:
     """Write ``checkpoint``'s model weights as the shippable file: text-encoder weights left out, floating-point
     tensors in float16, written atomically. Returns what it wrote: tensors, bytes, the source's sha256."""
     with open(checkpoint, "rb") as f:
-        source_sha256 = hashlib.sha256(f.read()).hexdigest()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        data = f.read()  # read once: hashed, then loaded
+    source_sha256 = hashlib.sha256(data).hexdigest()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     state = state.get("model", state)
     kept = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()
             if not k.startswith(OMITTED_PREFIXES)}
     if not kept:
         raise ValueError(f"{checkpoint}: no model weights outside {OMITTED_PREFIXES}")
     payload = {"model": kept, "source_sha256": source_sha256, OMITTED_PREFIXES_KEY: list(OMITTED_PREFIXES)}
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = f"{output}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, output)
+    atomic_torch_save(payload, output)
     return {"tensors": len(kept), "bytes": os.path.getsize(output), "source_sha256": source_sha256}

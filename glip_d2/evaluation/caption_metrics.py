@@ -322,7 +322,6 @@ def _check_inputs(candidates: Mapping[Hashable, str], references: Mapping[Hashab
                 raise ValueError(f"a reference caption of id {k!r} is a {type(ref).__name__}, not a string")
 
 
-
 def require_pycocoevalcap() -> None:
     """Raise an ImportError that says how to install pycocoevalcap (the setup.py extra "caption"): the caption
     metrics need it, grounding and VQA do not, so ``make demo`` leaves its 100 MB out."""
