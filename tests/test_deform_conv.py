@@ -1,7 +1,7 @@
-"""The gather implementation of modulated deformable conv against torchvision's kernel: values and gradients.
+"""The gather and grid_sample implementations of modulated deformable conv against torchvision's kernel.
 
-``deform_conv.py`` replaces torchvision's op for CPU training ("auto"), so it must agree with it everywhere the
-DyHead can sample: offsets far outside the image, samples on the last row/column, stride 2, dilation, 1-pixel maps.
+``deform_conv.py`` replaces torchvision's op on the CPU ("auto": gathers to train, grid_sample to infer), so both
+must agree with it everywhere the DyHead can sample: offsets far outside the image, samples on the last row/column, stride 2, dilation, 1-pixel maps.
 """
 import pytest
 import torch
@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from torchvision.ops import deform_conv2d
 
 from glip_d2 import add_glip_config
-from glip_d2.layers.deform_conv import deform_conv2d_gather, resolve_deform_impl
+from glip_d2.layers.deform_conv import deform_conv2d_gather, deform_conv2d_grid_sample, resolve_deform_impl
 from glip_d2.modeling.dyhead import DyConv
 
 CASES = {  # (B, C_in, C_out, H, W, stride, padding, dilation, offset scale)
@@ -62,6 +62,29 @@ def test_gather_matches_torchvision_values_and_gradients(case, with_mask):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
 
 
+@pytest.mark.parametrize("with_mask", [True, False])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grid_sample_matches_torchvision_values(case, with_mask):
+    for integer_taps in (True, False):  # on pixels and the image's edges, then anywhere
+        (x, offset, mask, weight, bias), geom = _inputs(case, integer_taps=integer_taps)
+        m = mask if with_mask else None
+        s, p, d = geom["stride"], geom["padding"], geom["dilation"]
+        with torch.no_grad():
+            ref = deform_conv2d(x, offset, weight, bias, stride=(s, s), padding=(p, p), dilation=(d, d), mask=m)
+            ours = deform_conv2d_grid_sample(x, offset, weight, bias, m, **geom)
+        assert ours.shape == ref.shape
+        # float64: the only difference is the pixel -> [-1, 1] -> pixel round trip of the sampling points
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+
+
+def test_grid_sample_rejects_shapes_it_does_not_handle():
+    (x, offset, mask, weight, bias), _ = _inputs("small offsets")
+    with pytest.raises(ValueError, match="offset must have shape"):
+        deform_conv2d_grid_sample(x, offset[:, :4], weight, bias, mask)
+    with pytest.raises(ValueError, match="input channels"):
+        deform_conv2d_grid_sample(x, offset, weight[:, :1], bias, mask)
+
+
 def test_gradient_at_the_band_edge_is_officials():
     """A sample exactly at row -1 reads 0 (outside the band y > -1). The official DCN kernels' coordinate gradient
     is 0 there too (``argmax_h <= -1`` returns 0); torchvision's CPU kernel returns the one-sided derivative.
@@ -97,10 +120,11 @@ def test_gather_rejects_shapes_it_does_not_handle():
         deform_conv2d_gather(x, offset, weight[:, :1], bias, mask)
 
 
-def test_auto_uses_gathers_only_for_cpu_backward():
+def test_auto_uses_gathers_for_cpu_backward_and_grid_sample_for_cpu_inference():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_deform_impl("auto", cpu, needs_grad=True) == "gather"
-    assert resolve_deform_impl("auto", cpu, needs_grad=False) == "torchvision"
+    assert resolve_deform_impl("auto", cpu, needs_grad=False) == "grid_sample"
+    assert resolve_deform_impl("auto", cuda, needs_grad=False) == "torchvision"
     assert resolve_deform_impl("auto", cuda, needs_grad=True) == "torchvision"
     assert resolve_deform_impl("torchvision", cpu, needs_grad=True) == "torchvision"
     with pytest.raises(ValueError, match="DEFORM_IMPL"):
@@ -131,3 +155,23 @@ def test_dyconv_training_step_is_the_same_with_either_kernel():
     cfg.MODEL.DYHEAD.DEFORM_IMPL = "fast"
     with pytest.raises(ValueError, match="DEFORM_IMPL"):
         DyConv(cfg)
+
+
+def test_dyconv_inference_is_the_same_with_every_kernel():
+    """In eval on the CPU "auto" samples with grid_sample, coarser levels' convs included (they re-read a finer
+    level's offsets, ``kernel_view``)."""
+    cfg = add_glip_config(get_cfg())
+    cfg.MODEL.DYHEAD.CHANNELS = 16
+    cfg.MODEL.DYHEAD.GN_GROUPS = 4
+    g = torch.Generator().manual_seed(4)
+    feats = [torch.randn(2, 16, h, w, generator=g) for h, w in ((16, 20), (8, 10), (4, 5), (2, 3), (1, 2))]
+    outputs = {}
+    for impl in ("torchvision", "gather", "grid_sample", "auto"):
+        cfg.MODEL.DYHEAD.DEFORM_IMPL = impl
+        torch.manual_seed(0)
+        dyconv = DyConv(cfg).eval()
+        with torch.no_grad():
+            outputs[impl] = dyconv(feats)
+    for impl in ("gather", "grid_sample", "auto"):
+        for ours, ref in zip(outputs[impl], outputs["torchvision"]):
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5, msg=impl)

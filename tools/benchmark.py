@@ -7,12 +7,15 @@
     python tools/benchmark.py --mode train --baseline torchvision-dcn \
         --config configs/quick_schedules/Base-GLIP-tiny.yaml --height 224 --width 320   # CPU deformable-conv kernels
     python tools/benchmark.py --onnx --height 480 --width 640   # ONNX Runtime vs PyTorch (needs the [export] extra)
-    python tools/benchmark.py --baseline pad-max --names 3 --height 320 --width 512   # prompts padded to 256 tokens
+    python tools/benchmark.py --baseline pad-max --names 3 --height 320 --width 512   # computed as the official model
+    python tools/benchmark.py --vocabulary lvis --baseline chunk-loop --height 320 --width 481 --runs 1 --warmup 0
 
 Each variant runs in its own subprocess so that CPU peak memory (the process's peak RSS, reset after the model is
 built) belongs to that variant alone. Timed: ``model.inference`` on one image with the 80 COCO names as the prompt
 (preprocessing, text encoder, backbone, tower, head, post-processing), median of ``--runs`` after ``--warmup``;
-``--names N`` keeps the first N names (a short prompt).
+``--names N`` keeps the first N names (a short prompt). ``--vocabulary lvis`` prompts the 1203 LVIS names in the
+official 40-name chunks instead: one ``inference`` call with every chunk (the backbone runs once), against the
+``chunk-loop`` baseline that runs the whole model once per chunk.
 With random weights almost no box passes the 0.05 score threshold, so NMS time is negligible here.
 ``--onnx`` compares deployments instead (one subprocess, time only): the PyTorch ``GLIPPredictor`` (baseline) against
 ``OnnxGLIP`` on the exported file, with and without the text encoder's outputs cached for the fixed prompt
@@ -33,9 +36,13 @@ BASELINES = {
     "no-fusion": "same input through GLIP-T(A) (no deep fusion, no extra BERT layers)",
     "bf16": "the same model under bfloat16 autocast",
     "torchvision-dcn": "the same model with torchvision's deformable-conv kernels (MODEL.DYHEAD.DEFORM_IMPL)",
-    "pad-max": "the same model with every prompt padded to MAX_QUERY_LEN as the official one "
-               "(MODEL.LANGUAGE.TEST_PAD_TO_LONGEST False)",
+    "pad-max": "the same model computed as the official one: every prompt padded to MAX_QUERY_LEN "
+               "(MODEL.LANGUAGE.TEST_PAD_TO_LONGEST False), torchvision's deformable-conv kernels",
+    "chunk-loop": "the official LVIS protocol: the whole model once per 40-name prompt, each padded to MAX_QUERY_LEN, "
+                  "torchvision's deformable-conv kernels (with --vocabulary lvis)",
 }
+#: Names per prompt of the official chunked LVIS evaluation.
+LVIS_CHUNK = 40
 
 
 def _rss_mb(field: str) -> float:
@@ -96,6 +103,8 @@ def run_variant(args) -> dict:
             coco_names = coco_names[:-1]
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
+    if args.vocabulary == "lvis":
+        return _run_lvis_vocabulary(args, model, image, tokenizer, max_len)
     cuda = args.device.startswith("cuda")
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
 
@@ -146,6 +155,45 @@ def run_variant(args) -> dict:
         peak = total - rss_model if peak_reset else float("nan")
     return {"names": len(coco_names), "median_s": statistics.median(times), "min_s": min(times), "times": times,
             "params_m": params / 1e6, "peak_extra_mb": peak, "peak_total_mb": total}
+
+
+def _run_lvis_vocabulary(args, model, image, tokenizer, max_len) -> dict:
+    """Inference over the 1203 LVIS names in 40-name prompts: all prompts in one call, or (``--chunk-loop``) one
+    call per prompt as the official evaluation loop."""
+    import torch
+    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+
+    from glip_d2.data.prompts import clean_name, vocabulary_prompt
+    from glip_d2.data.tokens import encode_prompt
+
+    names = [clean_name(c["name"]) for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"])]
+    prompts = []
+    for start in range(0, len(names), LVIS_CHUNK):
+        chunk = names[start : start + LVIS_CHUNK]
+        labels = range(start, start + len(chunk))
+        prompts.append(encode_prompt(vocabulary_prompt(chunk, labels=labels), tokenizer, max_len))
+    size = dict(image=image, height=args.height, width=args.width)
+
+    def forward():
+        with torch.no_grad():
+            if args.chunk_loop:
+                for prompt in prompts:
+                    model.inference([dict(prompt, **size)])
+            else:
+                model.inference([dict(size, prompts=prompts)])
+
+    times = []
+    for i in range(args.warmup + args.runs):
+        if i == args.warmup:
+            rss_model, peak_reset = _rss_mb("VmRSS"), _reset_peak_rss()
+        start = time.perf_counter()
+        forward()
+        times.append(time.perf_counter() - start)
+    times = times[args.warmup :]
+    total = _rss_mb("VmHWM")
+    return {"names": len(names), "prompts": len(prompts), "median_s": statistics.median(times), "min_s": min(times),
+            "times": times, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "peak_extra_mb": total - rss_model if peak_reset else float("nan"), "peak_total_mb": total}
 
 
 def run_onnx_comparison(args) -> dict:
@@ -271,6 +319,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--names", type=int, default=80, help="prompt: the first N COCO names (inference)")
+    parser.add_argument("--vocabulary", choices=["coco", "lvis"], default="coco",
+                        help="lvis: the 1203 LVIS names in the official 40-name prompts (inference)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--onnx", action="store_true",
                         help="compare PyTorch with ONNX Runtime (exported file, with/without cached text features)")
@@ -278,6 +328,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--deform-impl", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--pad-max-test", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-loop", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.variant_config:
@@ -302,13 +353,15 @@ def main():
                 json.dump(out, f, indent=2)
         return
 
+    if (args.vocabulary == "lvis") != (args.baseline == "chunk-loop"):
+        raise SystemExit("--vocabulary lvis and --baseline chunk-loop go together")
     variants = [("model", args.config, False, "auto", False)]
     if args.baseline == "no-fusion":
         variants.append(("baseline", args.baseline_config, False, "auto", False))
     elif args.baseline == "bf16":
         variants.append(("baseline", args.config, True, "auto", False))
-    elif args.baseline == "pad-max":
-        variants.append(("baseline", args.config, False, "auto", True))
+    elif args.baseline in ("pad-max", "chunk-loop"):
+        variants.append(("baseline", args.config, False, "torchvision", True))
     else:
         variants.append(("baseline", args.config, False, "torchvision", False))
     results = {}
@@ -317,7 +370,8 @@ def main():
                "--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width),
                "--runs", str(args.runs), "--warmup", str(args.warmup), "--mode", args.mode,
                "--batch", str(args.batch), "--objects", str(args.objects), "--deform-impl", deform_impl,
-               "--names", str(args.names)]
+               "--names", str(args.names), "--vocabulary", args.vocabulary]
+        cmd += ["--chunk-loop"] if role == "baseline" and args.baseline == "chunk-loop" else []
         cmd += ["--bf16"] if bf16 else []
         cmd += ["--pad-max-test"] if pad_max_test else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -331,10 +385,12 @@ def main():
     b = results["baseline"]
     what = (f"training step, batch {args.batch}, {args.objects} boxes/image" if args.mode == "train"
             else "inference, one image")
+    prompt = (f"{b['names']} LVIS names in {b['prompts']} prompts" if args.vocabulary == "lvis"
+              else f"{b['names']}-name COCO prompt")
     print(f"{what}; device {args.device}, {args.threads} threads, input {args.height}x{args.width}, random weights, "
-          f"{b['names']}-name COCO prompt; median of {args.runs} after {args.warmup} warm-up")
+          f"{prompt}; median of {args.runs} after {args.warmup} warm-up")
     print(f"baseline: {BASELINES[args.baseline]}")
-    header = f"{'variant':<34}{'params M':>10}{'median s':>10}{'min s':>9}{'peak MB':>10}{'time x':>8}{'mem x':>7}"
+    header = f"{'variant':<46}{'params M':>10}{'median s':>10}{'min s':>9}{'peak MB':>10}{'time x':>8}{'mem x':>7}"
     print(header)
     print("-" * len(header))
     for role in ("model", "baseline"):
@@ -342,7 +398,8 @@ def main():
         name = os.path.basename(r["config"]) + (" bf16" if r["bf16"] else "")
         name += " tv-dcn" if r["deform_impl"] == "torchvision" else ""
         name += " pad 256" if r["pad_max_test"] else ""
-        print(f"{name:<34}{r['params_m']:>10.1f}{r['median_s']:>10.2f}{r['min_s']:>9.2f}{r['peak_extra_mb']:>10.0f}"
+        name += " per prompt" if role == "baseline" and args.baseline == "chunk-loop" else ""
+        print(f"{name:<46}{r['params_m']:>10.1f}{r['median_s']:>10.2f}{r['min_s']:>9.2f}{r['peak_extra_mb']:>10.0f}"
               f"{r['median_s'] / b['median_s']:>8.2f}{r['peak_extra_mb'] / b['peak_extra_mb']:>7.2f}")
     print("peak MB: extra memory of the timed call over the built model (and optimizer state when training); "
           "CPU: peak RSS, CUDA: max allocated")
