@@ -17,12 +17,15 @@ Semantics are torchvision's (and the official DCN's): output pixel (i, j), tap (
 counting as zero, multiplies by the tap's mask and sums with the conv weight. Offsets are (dy, dx) per tap,
 tap-major; one offset group, one weight group.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "DEFORM_IMPLS", "check_deform_impl", "deform_conv2d_gather", "deform_conv2d_grid_sample", "resolve_deform_impl",
+    "DEFORM_IMPLS", "check_deform_impl", "deform_conv2d_gather", "deform_conv2d_grid_sample", "deform_conv2d_sampled",
+    "resolve_deform_impl",
 ]
 
 #: ``MODEL.DYHEAD.DEFORM_IMPL`` values.
@@ -75,24 +78,10 @@ def _checked_output_shape(x, offset, weight, mask, stride, padding, dilation) ->
     return o, k, h_out, w_out
 
 
-def deform_conv2d_gather(
-    x: Tensor,
-    offset: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    mask: Tensor | None = None,
-    stride: int = 1,
-    padding: int = 1,
-    dilation: int = 1,
-) -> Tensor:
-    """``torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`` for one offset
-    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones)."""
+def _sample_gather(x: Tensor, y: Tensor, xs: Tensor) -> Tensor:
+    """Bilinear samples of ``x`` [B, C, H, W] at rows ``y`` / cols ``xs`` [B, K, Ho, Wo]: [B, C, K*Ho*Wo], as four
+    whole-tensor gathers (differentiable by autograd, fast backward on CPU)."""
     b, c, h, w = x.shape
-    o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
-    kh, kw = weight.shape[-2:]
-    rows, cols = _tap_grid(kh, kw, h_out, w_out, stride, padding, dilation, offset)
-    y = rows + offset[:, 0::2]  # [B, K, Ho, Wo]
-    xs = cols + offset[:, 1::2]
     inside = (y > -1) & (y < h) & (xs > -1) & (xs < w)  # official: outside this band the sample is 0
     y0 = torch.floor(y)
     x0 = torch.floor(xs)
@@ -100,7 +89,7 @@ def deform_conv2d_gather(
     hy, hx = 1 - ly, 1 - lx
     y0i, x0i = y0.long(), x0.long()
     flat = x.reshape(b, c, h * w)
-    n = k * h_out * w_out
+    n = y[0].numel()
     columns = None
     for dy, dx, wgt in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
         yi, xi = y0i + dy, x0i + dx
@@ -109,17 +98,25 @@ def deform_conv2d_gather(
         coef = (wgt * valid.to(wgt.dtype)).reshape(b, 1, n)
         term = torch.gather(flat, 2, index) * coef
         columns = term if columns is None else columns + term
-    if mask is not None:
-        columns = columns * mask.reshape(b, 1, n)
-    # [B, C, K, Ho*Wo] -> [B, C*K, Ho*Wo]: the order of weight.reshape(O, C*kh*kw)
-    columns = columns.reshape(b, c * k, h_out * w_out)
-    out = torch.matmul(weight.reshape(o, c * k), columns)
-    if bias is not None:
-        out = out + bias.reshape(1, o, 1)
-    return out.reshape(b, o, h_out, w_out)
+    return columns
 
 
-def deform_conv2d_grid_sample(
+def _sample_grid(x: Tensor, y: Tensor, xs: Tensor) -> Tensor:
+    """``_sample_gather``'s values with ``F.grid_sample`` (vectorised over channels and threads: faster forward)."""
+    b, c, h, w = x.shape
+    k, h_out, w_out = y.shape[1:]
+    # align_corners=False: pixel p is at (2p + 1) / size - 1, defined for a 1-pixel-wide level too. Corners outside
+    # the image read zero (padding_mode "zeros"), as the official kernel; a point outside the band (-1, size) has
+    # every corner outside, so it reads 0 as there.
+    grid = torch.stack(((2 * xs + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1).reshape(b, k * h_out, w_out, 2)
+    columns = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, C, K*Ho, Wo]
+    return columns.reshape(b, c, k * h_out * w_out)
+
+
+SAMPLERS = {"gather": _sample_gather, "grid_sample": _sample_grid}
+
+
+def deform_conv2d_sampled(
     x: Tensor,
     offset: Tensor,
     weight: Tensor,
@@ -128,22 +125,28 @@ def deform_conv2d_grid_sample(
     stride: int = 1,
     padding: int = 1,
     dilation: int = 1,
+    sampling: str = "gather",
 ) -> Tensor:
-    """``deform_conv2d_gather``'s arguments and values, sampling with ``F.grid_sample``: faster forward on CPU."""
-    b, c, h, w = x.shape
+    """``torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`` for one offset
+    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones);
+    ``sampling`` one of ``SAMPLERS``."""
+    b, c = x.shape[:2]
     o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
     kh, kw = weight.shape[-2:]
     rows, cols = _tap_grid(kh, kw, h_out, w_out, stride, padding, dilation, offset)
-    y = rows + offset[:, 0::2]  # [B, K, Ho, Wo] in pixels
+    y = rows + offset[:, 0::2]  # [B, K, Ho, Wo], in pixels
     xs = cols + offset[:, 1::2]
-    # align_corners=False: pixel p is at (2p + 1) / size - 1, defined for a 1-pixel-wide level too. Corners outside
-    # the image read zero (padding_mode "zeros"), as the official kernel; a point outside the band (-1, size) has
-    # every corner outside, so it reads 0 as there.
-    grid = torch.stack(((2 * xs + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1).reshape(b, k * h_out, w_out, 2)
-    columns = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, C, K*Ho, Wo]
+    columns = SAMPLERS[sampling](x, y, xs)  # [B, C, K*Ho*Wo]
     if mask is not None:
-        columns = columns * mask.reshape(b, 1, k * h_out, w_out)
-    out = torch.matmul(weight.reshape(o, c * k), columns.reshape(b, c * k, h_out * w_out))
+        columns = columns * mask.reshape(b, 1, k * h_out * w_out)
+    # [B, C, K, Ho*Wo] -> [B, C*K, Ho*Wo]: the order of weight.reshape(O, C*kh*kw)
+    columns = columns.reshape(b, c * k, h_out * w_out)
+    out = torch.matmul(weight.reshape(o, c * k), columns)
     if bias is not None:
         out = out + bias.reshape(1, o, 1)
     return out.reshape(b, o, h_out, w_out)
+
+
+#: The two CPU implementations under the names their callers use (same arguments as ``deform_conv2d_sampled``).
+deform_conv2d_gather = functools.partial(deform_conv2d_sampled, sampling="gather")
+deform_conv2d_grid_sample = functools.partial(deform_conv2d_sampled, sampling="grid_sample")
