@@ -1,7 +1,8 @@
 """The gather and grid_sample implementations of modulated deformable conv against torchvision's kernel.
 
 ``deform_conv.py`` replaces torchvision's op on the CPU ("auto": gathers to train, grid_sample to infer), so both
-must agree with it everywhere the DyHead can sample: offsets far outside the image, samples on the last row/column, stride 2, dilation, 1-pixel maps.
+must agree with it everywhere the DyHead can sample: offsets far outside the image, samples on the last row/column,
+stride 2, dilation, 1-pixel maps.
 """
 import pytest
 import torch

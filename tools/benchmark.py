@@ -103,8 +103,6 @@ def run_variant(args) -> dict:
             coco_names = coco_names[:-1]
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=g, dtype=torch.uint8)
-    if args.vocabulary == "lvis":
-        return _run_lvis_vocabulary(args, model, image, tokenizer, max_len)
     cuda = args.device.startswith("cuda")
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
 
@@ -126,11 +124,17 @@ def run_variant(args) -> dict:
             if cuda:
                 torch.cuda.synchronize()
     else:
-        inputs = [dict(prompt, image=image, height=args.height, width=args.width)]
+        size = dict(image=image, height=args.height, width=args.width)
+        prompts = _lvis_prompts(tokenizer, max_len) if args.vocabulary == "lvis" else [prompt]
+        if args.chunk_loop:  # the official chunked evaluation: the whole model once per prompt
+            calls = [[dict(p, **size)] for p in prompts]
+        else:  # one call: the backbone runs once, every prompt through text encoder, tower and head
+            calls = [[dict(size, prompts=prompts)]]
 
         def forward():
             with torch.no_grad(), autocast:
-                model.inference(inputs)
+                for inputs in calls:
+                    model.inference(inputs)
             if cuda:
                 torch.cuda.synchronize()
 
@@ -153,47 +157,22 @@ def run_variant(args) -> dict:
     else:
         total = _rss_mb("VmHWM")
         peak = total - rss_model if peak_reset else float("nan")
-    return {"names": len(coco_names), "median_s": statistics.median(times), "min_s": min(times), "times": times,
+    names = sum(len(p["positive_map_labels"]) for p in prompts) if args.vocabulary == "lvis" else len(coco_names)
+    return {"names": names, "prompts": len(prompts) if args.mode == "inference" else 1,
+            "median_s": statistics.median(times), "min_s": min(times), "times": times,
             "params_m": params / 1e6, "peak_extra_mb": peak, "peak_total_mb": total}
 
 
-def _run_lvis_vocabulary(args, model, image, tokenizer, max_len) -> dict:
-    """Inference over the 1203 LVIS names in 40-name prompts: all prompts in one call, or (``--chunk-loop``) one
-    call per prompt as the official evaluation loop."""
-    import torch
+def _lvis_prompts(tokenizer, max_len: int) -> list[dict]:
+    """The 1203 LVIS names in the official 40-name prompts (``split_vocabulary``, as the chunked evaluation)."""
     from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
 
-    from glip_d2.data.prompts import clean_name, vocabulary_prompt
+    from glip_d2.data.prompts import split_vocabulary
     from glip_d2.data.tokens import encode_prompt
 
-    names = [clean_name(c["name"]) for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"])]
-    prompts = []
-    for start in range(0, len(names), LVIS_CHUNK):
-        chunk = names[start : start + LVIS_CHUNK]
-        labels = range(start, start + len(chunk))
-        prompts.append(encode_prompt(vocabulary_prompt(chunk, labels=labels), tokenizer, max_len))
-    size = dict(image=image, height=args.height, width=args.width)
-
-    def forward():
-        with torch.no_grad():
-            if args.chunk_loop:
-                for prompt in prompts:
-                    model.inference([dict(prompt, **size)])
-            else:
-                model.inference([dict(size, prompts=prompts)])
-
-    times = []
-    for i in range(args.warmup + args.runs):
-        if i == args.warmup:
-            rss_model, peak_reset = _rss_mb("VmRSS"), _reset_peak_rss()
-        start = time.perf_counter()
-        forward()
-        times.append(time.perf_counter() - start)
-    times = times[args.warmup :]
-    total = _rss_mb("VmHWM")
-    return {"names": len(names), "prompts": len(prompts), "median_s": statistics.median(times), "min_s": min(times),
-            "times": times, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "peak_extra_mb": total - rss_model if peak_reset else float("nan"), "peak_total_mb": total}
+    names = [c["name"] for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"])]
+    chunks = split_vocabulary(names, tokenizer, max_len=max_len, chunk_size=LVIS_CHUNK, only_if_needed=False)
+    return [encode_prompt(c, tokenizer, max_len) for c in chunks]
 
 
 def run_onnx_comparison(args) -> dict:
@@ -355,6 +334,8 @@ def main():
 
     if (args.vocabulary == "lvis") != (args.baseline == "chunk-loop"):
         raise SystemExit("--vocabulary lvis and --baseline chunk-loop go together")
+    if args.vocabulary == "lvis" and args.mode != "inference":
+        raise SystemExit("--vocabulary lvis times inference")
     variants = [("model", args.config, False, "auto", False)]
     if args.baseline == "no-fusion":
         variants.append(("baseline", args.baseline_config, False, "auto", False))

@@ -5,11 +5,11 @@ takes about 90 % of a deformable conv there; ``F.grid_sample`` does the same bil
 image, per corner) vectorised over channels and threads, 3x faster for a 256-channel DyHead conv, with the same
 values up to float rounding (``tools/benchmark.py --baseline torchvision-dcn`` measures the whole model).
 
-``deform_conv2d_gather`` (CPU training): the backward pass of ``torchvision.ops.deform_conv2d`` on the CPU scatters one sampling point at a time
-and dominates a CPU training step of a small GLIP (about two thirds of it). The same arithmetic as four
-whole-tensor gathers plus a batched matmul, differentiated by autograd, is 3-6x faster backward and gives the same
-forward values (bit-identical in our tests). torchvision's forward is as fast or faster, so "auto" uses the
-gathers on the CPU when gradients are needed; on CUDA torchvision's kernels are the fast ones.
+``deform_conv2d_gather`` (CPU training): the backward pass of ``torchvision.ops.deform_conv2d`` on the CPU scatters
+one sampling point at a time and dominates a CPU training step of a small GLIP (about two thirds of it). The same
+arithmetic as four whole-tensor gathers plus a batched matmul, differentiated by autograd, is 3-6x faster backward
+and gives the same forward values (bit-identical in our tests), so "auto" uses the gathers on the CPU when gradients
+are needed; on CUDA torchvision's kernels are the fast ones.
 (``tools/benchmark.py --mode train --baseline torchvision-dcn`` measures the whole training step.)
 
 Semantics are torchvision's (and the official DCN's): output pixel (i, j), tap (a, b) samples the input at
@@ -74,7 +74,6 @@ def _checked_output_shape(x, offset, weight, mask, stride, padding, dilation) ->
                          f"{tuple(offset.shape)}.")
     if mask is not None and mask.shape != (b, k, h_out, w_out):
         raise ValueError(f"mask must have shape {(b, k, h_out, w_out)}, got {tuple(mask.shape)}.")
-
     return o, k, h_out, w_out
 
 
