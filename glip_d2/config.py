@@ -152,8 +152,9 @@ def _add_head_keys(cfg: CN) -> None:
     _C.MODEL.DYHEAD.USE_DYRELU = True
     _C.MODEL.DYHEAD.USE_DFCONV = True
     _C.MODEL.DYHEAD.USE_DYFUSE = True
-    # Deformable conv kernels: "torchvision", "gather" (same values, 3-6x faster backward on CPU), "grid_sample" (same
-    # values, 3x faster forward on CPU) or "auto" (CPU: gather to train, grid_sample to infer; CUDA: torchvision).
+    # Deformable conv kernels, all with the same values: "torchvision", "embedding_bag" (bilinear taps as weighted
+    # embedding bags, the fast one on CPU), "gather" (torch.gather only, what ONNX export traces) or "auto" (CUDA:
+    # torchvision, else embedding_bag).
     _C.MODEL.DYHEAD.DEFORM_IMPL = "auto"
     # Gradient checkpointing of DyHead blocks in training.
     _C.MODEL.DYHEAD.USE_CHECKPOINT = True

@@ -1,8 +1,8 @@
-"""The gather and grid_sample implementations of modulated deformable conv against torchvision's kernel.
+"""The embedding-bag and gather implementations of modulated deformable conv against torchvision's kernel.
 
-``deform_conv.py`` replaces torchvision's op on the CPU ("auto": gathers to train, grid_sample to infer), so both
-must agree with it everywhere the DyHead can sample: offsets far outside the image, samples on the last row/column,
-stride 2, dilation, 1-pixel maps.
+``deform_conv.py`` replaces torchvision's op on the CPU ("auto": embedding_bag; gather for ONNX), so both must agree
+with it, values and gradients, everywhere the DyHead can sample: offsets far outside the image, samples on the last
+row/column, stride 2, dilation, 1-pixel maps.
 """
 import pytest
 import torch
@@ -10,9 +10,10 @@ from detectron2.config import get_cfg
 from torchvision.ops import deform_conv2d
 
 from glip_d2 import add_glip_config
-from glip_d2.layers.deform_conv import deform_conv2d_gather, deform_conv2d_grid_sample, resolve_deform_impl
+from glip_d2.layers.deform_conv import deform_conv2d_embedding_bag, deform_conv2d_gather, resolve_deform_impl
 from glip_d2.modeling.dyhead import DyConv
 
+IMPLS = {"embedding_bag": deform_conv2d_embedding_bag, "gather": deform_conv2d_gather}
 CASES = {  # (B, C_in, C_out, H, W, stride, padding, dilation, offset scale)
     "small offsets": (2, 3, 4, 6, 7, 1, 1, 1, 0.7),
     "far outside": (2, 3, 4, 5, 6, 1, 1, 1, 6.0),
@@ -20,6 +21,7 @@ CASES = {  # (B, C_in, C_out, H, W, stride, padding, dilation, offset scale)
     "dilation 2": (1, 2, 3, 8, 8, 1, 2, 2, 1.5),
     "one pixel": (2, 2, 2, 1, 1, 1, 1, 1, 0.8),
     "one row": (1, 2, 2, 1, 9, 1, 1, 1, 1.2),
+    "nine rows (as many as taps)": (2, 2, 3, 9, 4, 1, 1, 1, 1.0),
 }
 
 
@@ -39,14 +41,16 @@ def _inputs(case, seed=0, integer_taps=True):
                                                                               dilation=dil)
 
 
+@pytest.mark.parametrize("impl", sorted(IMPLS))
 @pytest.mark.parametrize("with_mask", [True, False])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_gather_matches_torchvision_values_and_gradients(case, with_mask):
+def test_matches_torchvision_values_and_gradients(case, with_mask, impl):
+    conv = IMPLS[impl]
     (x, offset, mask, weight, bias), geom = _inputs(case)
     m = mask if with_mask else None
     s, p, d = geom["stride"], geom["padding"], geom["dilation"]
     ref = deform_conv2d(x, offset, weight, bias, stride=(s, s), padding=(p, p), dilation=(d, d), mask=m)
-    ours = deform_conv2d_gather(x, offset, weight, bias, m, **geom)
+    ours = conv(x, offset, weight, bias, m, **geom)
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
 
@@ -54,7 +58,7 @@ def test_gather_matches_torchvision_values_and_gradients(case, with_mask):
     (x, offset, mask, weight, bias), geom = _inputs(case, integer_taps=False)
     m = mask if with_mask else None
     ref = deform_conv2d(x, offset, weight, bias, stride=(s, s), padding=(p, p), dilation=(d, d), mask=m)
-    ours = deform_conv2d_gather(x, offset, weight, bias, m, **geom)
+    ours = conv(x, offset, weight, bias, m, **geom)
     upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     wrt = [x, offset, weight, bias] + ([mask] if with_mask else [])
     ref_grads = torch.autograd.grad(ref, wrt, upstream)
@@ -63,40 +67,19 @@ def test_gather_matches_torchvision_values_and_gradients(case, with_mask):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient w.r.t. {name}")
 
 
-@pytest.mark.parametrize("with_mask", [True, False])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_grid_sample_matches_torchvision_values(case, with_mask):
-    for integer_taps in (True, False):  # on pixels and the image's edges, then anywhere
-        (x, offset, mask, weight, bias), geom = _inputs(case, integer_taps=integer_taps)
-        m = mask if with_mask else None
-        s, p, d = geom["stride"], geom["padding"], geom["dilation"]
-        with torch.no_grad():
-            ref = deform_conv2d(x, offset, weight, bias, stride=(s, s), padding=(p, p), dilation=(d, d), mask=m)
-            ours = deform_conv2d_grid_sample(x, offset, weight, bias, m, **geom)
-        assert ours.shape == ref.shape
-        # float64: the only difference is the pixel -> [-1, 1] -> pixel round trip of the sampling points
-        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
-
-
-def test_grid_sample_rejects_shapes_it_does_not_handle():
-    (x, offset, mask, weight, bias), _ = _inputs("small offsets")
-    with pytest.raises(ValueError, match="offset must have shape"):
-        deform_conv2d_grid_sample(x, offset[:, :4], weight, bias, mask)
-    with pytest.raises(ValueError, match="input channels"):
-        deform_conv2d_grid_sample(x, offset, weight[:, :1], bias, mask)
-
-
-def test_gradient_at_the_band_edge_is_officials():
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_gradient_at_the_band_edge_is_officials(impl):
     """A sample exactly at row -1 reads 0 (outside the band y > -1). The official DCN kernels' coordinate gradient
     is 0 there too (``argmax_h <= -1`` returns 0); torchvision's CPU kernel returns the one-sided derivative.
-    The gathers follow the official kernels."""
+    Both implementations follow the official kernels."""
+    conv = IMPLS[impl]
     x = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
     weight = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
     weight[0, 0, 1, 1] = 1.0  # the centre tap alone: output = the sample at (i + dy, j + dx)
     offset = torch.zeros(1, 18, 3, 3, dtype=torch.float64)
     offset[0, 8, 0, 1] = -1.0  # centre tap (k = 4) dy: output (0, 1) samples row -1
     offset.requires_grad_()
-    ours = deform_conv2d_gather(x, offset, weight, None, None)
+    ours = conv(x, offset, weight, None, None)
     ref = deform_conv2d(x, offset, weight, None, padding=(1, 1))
     assert ours[0, 0, 0, 1].item() == ref[0, 0, 0, 1].item() == 0.0
     (g_ours,) = torch.autograd.grad(ours[0, 0, 0, 1], offset)
@@ -106,30 +89,33 @@ def test_gradient_at_the_band_edge_is_officials():
     offset2 = offset.detach().clone()
     offset2[0, 8, 0, 1] = -0.5  # inside the band both agree: d/dy (0.5 * x[0, 1]) = x[0, 1]
     offset2.requires_grad_()
-    (a,) = torch.autograd.grad(deform_conv2d_gather(x, offset2, weight, None, None)[0, 0, 0, 1], offset2)
+    (a,) = torch.autograd.grad(conv(x, offset2, weight, None, None)[0, 0, 0, 1], offset2)
     (b,) = torch.autograd.grad(deform_conv2d(x, offset2, weight, None, padding=(1, 1))[0, 0, 0, 1], offset2)
     assert a[0, 8, 0, 1].item() == b[0, 8, 0, 1].item() == 2.0
 
 
-def test_gather_rejects_shapes_it_does_not_handle():
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+def test_rejects_shapes_it_does_not_handle(impl):
+    conv = IMPLS[impl]
     (x, offset, mask, weight, bias), _ = _inputs("small offsets")
     with pytest.raises(ValueError, match="offset must have shape"):
-        deform_conv2d_gather(x, offset[:, :, :-1], weight, bias, mask)
+        conv(x, offset[:, :, :-1], weight, bias, mask)
+    with pytest.raises(ValueError, match="offset must have shape"):
+        conv(x, offset[:, :4], weight, bias, mask)
     with pytest.raises(ValueError, match="mask must have shape"):
-        deform_conv2d_gather(x, offset, weight, bias, mask[:, :4])
+        conv(x, offset, weight, bias, mask[:, :4])
     with pytest.raises(ValueError, match="input channels"):
-        deform_conv2d_gather(x, offset, weight[:, :1], bias, mask)
+        conv(x, offset, weight[:, :1], bias, mask)
 
 
-def test_auto_uses_gathers_for_cpu_backward_and_grid_sample_for_cpu_inference():
+def test_auto_uses_embedding_bags_off_cuda_and_torchvision_on_cuda():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_deform_impl("auto", cpu, needs_grad=True) == "gather"
-    assert resolve_deform_impl("auto", cpu, needs_grad=False) == "grid_sample"
-    assert resolve_deform_impl("auto", cuda, needs_grad=False) == "torchvision"
-    assert resolve_deform_impl("auto", cuda, needs_grad=True) == "torchvision"
-    assert resolve_deform_impl("torchvision", cpu, needs_grad=True) == "torchvision"
+    assert resolve_deform_impl("auto", cpu) == "embedding_bag"
+    assert resolve_deform_impl("auto", cuda) == "torchvision"
+    assert resolve_deform_impl("torchvision", cpu) == "torchvision"
+    assert resolve_deform_impl("gather", cuda) == "gather"
     with pytest.raises(ValueError, match="DEFORM_IMPL"):
-        resolve_deform_impl("cuda-dcn", cpu, needs_grad=False)
+        resolve_deform_impl("grid_sample", cpu)
 
 
 def test_dyconv_training_step_is_the_same_with_either_kernel():
@@ -139,7 +125,7 @@ def test_dyconv_training_step_is_the_same_with_either_kernel():
     g = torch.Generator().manual_seed(3)
     feats = [torch.randn(2, 16, h, w, generator=g) for h, w in ((16, 20), (8, 10), (4, 5), (2, 3))]
     results = {}
-    for impl in ("torchvision", "gather"):
+    for impl in ("torchvision", "embedding_bag", "gather"):
         cfg.MODEL.DYHEAD.DEFORM_IMPL = impl
         torch.manual_seed(0)
         dyconv = DyConv(cfg).train()
@@ -148,18 +134,20 @@ def test_dyconv_training_step_is_the_same_with_either_kernel():
         loss = sum((o * o).mean() for o in out)
         grads = torch.autograd.grad(loss, inputs + list(dyconv.parameters()))
         results[impl] = (out, grads)
-    (out_t, g_t), (out_g, g_g) = results["torchvision"], results["gather"]
-    for a, b in zip(out_g, out_t):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(g_g, g_t):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    out_t, g_t = results["torchvision"]
+    for impl in ("embedding_bag", "gather"):
+        out, grads = results[impl]
+        for a, b in zip(out, out_t):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=impl)
+        for a, b in zip(grads, g_t):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=impl)
     cfg.MODEL.DYHEAD.DEFORM_IMPL = "fast"
     with pytest.raises(ValueError, match="DEFORM_IMPL"):
         DyConv(cfg)
 
 
 def test_dyconv_inference_is_the_same_with_every_kernel():
-    """In eval on the CPU "auto" samples with grid_sample, coarser levels' convs included (they re-read a finer
+    """In eval on the CPU "auto" samples with embedding bags, coarser levels' convs included (they re-read a finer
     level's offsets, ``kernel_view``)."""
     cfg = add_glip_config(get_cfg())
     cfg.MODEL.DYHEAD.CHANNELS = 16
@@ -167,12 +155,12 @@ def test_dyconv_inference_is_the_same_with_every_kernel():
     g = torch.Generator().manual_seed(4)
     feats = [torch.randn(2, 16, h, w, generator=g) for h, w in ((16, 20), (8, 10), (4, 5), (2, 3), (1, 2))]
     outputs = {}
-    for impl in ("torchvision", "gather", "grid_sample", "auto"):
+    for impl in ("torchvision", "embedding_bag", "gather", "auto"):
         cfg.MODEL.DYHEAD.DEFORM_IMPL = impl
         torch.manual_seed(0)
         dyconv = DyConv(cfg).eval()
         with torch.no_grad():
             outputs[impl] = dyconv(feats)
-    for impl in ("gather", "grid_sample", "auto"):
+    for impl in ("embedding_bag", "gather", "auto"):
         for ours, ref in zip(outputs[impl], outputs["torchvision"]):
             torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5, msg=impl)

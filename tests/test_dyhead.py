@@ -198,7 +198,7 @@ def _lang(B=2, T=5, D=64, seed=2, dtype=torch.float64):
 
 
 # ----------------------------------------------------------------------------------------------- deformable conv
-@pytest.mark.parametrize("impl", ["torchvision", "gather"])
+@pytest.mark.parametrize("impl", ["torchvision", "embedding_bag", "gather"])
 @pytest.mark.parametrize("case", ["coarser", "same", "finer"])
 def test_deform_conv_matches_kernel_transcription(case, impl):
     g = torch.Generator().manual_seed(0)

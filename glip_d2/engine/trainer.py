@@ -15,6 +15,7 @@ What differs from detectron2's ``DefaultTrainer`` and why:
 * ``DATASETS.TRAIN_SAMPLING_RATIOS`` draws each training set at its share of the samples (detectron2's
   ``RepeatFactorTrainingSampler``, factors from :mod:`glip_d2.data.sampling_ratios`).
 """
+import contextlib
 import logging
 import os
 import time
@@ -346,6 +347,14 @@ class GLIPTrainer(DefaultTrainer):
             mapper=GroundingDatasetMapper(cfg, is_train=False, dataset_name=dataset_name),
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, with each prompt's text features computed once per dataset pass (the same
+        prompts come with every image; ``modeling.text_cache``)."""
+        cache = getattr(unwrap_model(model), "text_cache", None)
+        with cache.enabled() if cache is not None else contextlib.nullcontext():
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

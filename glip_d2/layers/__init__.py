@@ -1,5 +1,11 @@
 """Low-level ops GLIP needs beyond torchvision's: deformable convolution with the official kernel's semantics, fp16 clamps."""
-from .deform_conv import DEFORM_IMPLS, check_deform_impl, deform_conv2d_gather, resolve_deform_impl
+from .deform_conv import (
+    DEFORM_IMPLS,
+    check_deform_impl,
+    deform_conv2d_embedding_bag,
+    deform_conv2d_gather,
+    resolve_deform_impl,
+)
 from .fp16_clamp import FP16_SAFE_LIMIT, clamp_fp16_safe
 from .modulated_deform_conv import ModulatedDeformConv2d, kernel_view, modulated_deform_conv
 
@@ -9,6 +15,7 @@ __all__ = [
     "ModulatedDeformConv2d",
     "check_deform_impl",
     "clamp_fp16_safe",
+    "deform_conv2d_embedding_bag",
     "deform_conv2d_gather",
     "kernel_view",
     "modulated_deform_conv",

@@ -1,35 +1,33 @@
-"""Modulated deformable convolution (DCNv2) written with whole-tensor sampling and one matrix product.
+"""Modulated deformable convolution (DCNv2) written with whole-tensor bilinear sampling and one matrix product.
 
-``deform_conv2d_grid_sample`` (CPU inference): torchvision's CPU forward samples the input one point at a time and
-takes about 90 % of a deformable conv there; ``F.grid_sample`` does the same bilinear sampling (zero outside the
-image, per corner) vectorised over channels and threads, 3x faster for a 256-channel DyHead conv, with the same
-values up to float rounding (``tools/benchmark.py --baseline torchvision-dcn`` measures the whole model).
+Two CPU implementations of torchvision's op (``MODEL.DYHEAD.DEFORM_IMPL``), both differentiable by autograd:
 
-``deform_conv2d_gather`` (CPU training): the backward pass of ``torchvision.ops.deform_conv2d`` on the CPU scatters
-one sampling point at a time and dominates a CPU training step of a small GLIP (about two thirds of it). The same
-arithmetic as four whole-tensor gathers plus a batched matmul, differentiated by autograd, is 3-6x faster backward
-and gives the same forward values (bit-identical in our tests), so "auto" uses the gathers on the CPU when gradients
-are needed; on CUDA torchvision's kernels are the fast ones.
-(``tools/benchmark.py --mode train --baseline torchvision-dcn`` measures the whole training step.)
+``deform_conv2d_embedding_bag`` (CPU default, training and inference): each output pixel's tap is a weighted sum
+of four input pixels (its bilinear corners, the weights multiplied by the tap's mask), which is exactly what
+``F.embedding_bag(mode="sum", per_sample_weights=...)`` computes over the channels-last image rows, in one
+optimised kernel that never materialises the four corner tensors; one matmul with the weight then finishes the
+conv. torchvision's CPU kernels sample one point at a time: this is about 2.5x faster forward on a 256-channel
+DyHead level and 5x faster forward + backward (``tools/benchmark.py --baseline torchvision-dcn``).
+
+``deform_conv2d_gather``: the same arithmetic as four ``torch.gather`` calls, operators ONNX has, so the exporter
+uses it (``export.graph.gather_deform_conv``).
 
 Semantics are torchvision's (and the official DCN's): output pixel (i, j), tap (a, b) samples the input at
 ``(i*stride - pad + a*dilation + dy, j*stride - pad + b*dilation + dx)`` bilinearly, a corner outside the image
 counting as zero, multiplies by the tap's mask and sums with the conv weight. Offsets are (dy, dx) per tap,
 tap-major; one offset group, one weight group.
 """
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "DEFORM_IMPLS", "check_deform_impl", "deform_conv2d_gather", "deform_conv2d_grid_sample", "deform_conv2d_sampled",
+    "DEFORM_IMPLS", "check_deform_impl", "deform_conv2d_embedding_bag", "deform_conv2d_gather",
     "resolve_deform_impl",
 ]
 
 #: ``MODEL.DYHEAD.DEFORM_IMPL`` values.
-DEFORM_IMPLS = ("auto", "torchvision", "gather", "grid_sample")
+DEFORM_IMPLS = ("auto", "torchvision", "embedding_bag", "gather")
 
 
 def check_deform_impl(impl: str) -> str:
@@ -39,25 +37,11 @@ def check_deform_impl(impl: str) -> str:
     return impl
 
 
-def resolve_deform_impl(impl: str, device: torch.device, needs_grad: bool) -> str:
-    """"auto" -> torchvision's kernels on CUDA; off CUDA the gathers for a backward pass, grid_sample otherwise."""
+def resolve_deform_impl(impl: str, device: torch.device) -> str:
+    """"auto" -> torchvision's kernels on CUDA, the embedding-bag sampling anywhere else."""
     if check_deform_impl(impl) == "auto":
-        if device.type == "cuda":
-            return "torchvision"
-        return "gather" if needs_grad else "grid_sample"
+        return "torchvision" if device.type == "cuda" else "embedding_bag"
     return impl
-
-
-def _tap_grid(kh: int, kw: int, h_out: int, w_out: int, stride: int, padding: int, dilation: int, like: Tensor):
-    """Undeformed sampling rows/cols, [K, Ho, Wo] each (K = kh*kw, tap-major as the weight's flattening)."""
-    kwargs = dict(dtype=like.dtype, device=like.device)
-    tap_y = (torch.arange(kh, **kwargs) * dilation).repeat_interleave(kw)
-    tap_x = (torch.arange(kw, **kwargs) * dilation).repeat(kh)
-    out_y = torch.arange(h_out, **kwargs) * stride - padding
-    out_x = torch.arange(w_out, **kwargs) * stride - padding
-    rows = tap_y[:, None, None] + out_y[None, :, None]
-    cols = tap_x[:, None, None] + out_x[None, None, :]
-    return rows.expand(-1, -1, w_out), cols.expand(-1, h_out, -1)
 
 
 def _checked_output_shape(x, offset, weight, mask, stride, padding, dilation) -> tuple[int, int, int, int]:
@@ -77,75 +61,91 @@ def _checked_output_shape(x, offset, weight, mask, stride, padding, dilation) ->
     return o, k, h_out, w_out
 
 
-def _sample_gather(x: Tensor, y: Tensor, xs: Tensor) -> Tensor:
-    """Bilinear samples of ``x`` [B, C, H, W] at rows ``y`` / cols ``xs`` [B, K, Ho, Wo]: [B, C, K*Ho*Wo], as four
-    whole-tensor gathers (differentiable by autograd, fast backward on CPU)."""
-    b, c, h, w = x.shape
-    inside = (y > -1) & (y < h) & (xs > -1) & (xs < w)  # official: outside this band the sample is 0
-    y0 = torch.floor(y)
-    x0 = torch.floor(xs)
+def _sampling_points(dy: Tensor, dx: Tensor, kernel: tuple[int, int], stride: int, padding: int, dilation: int,
+                     taps_last: bool = False):
+    """Rows and cols (in pixels) each tap samples, from its offsets ``dy``, ``dx`` laid out [B, K, Ho, Wo]
+    (K = kh*kw, tap-major as the weight), or [B, Ho, Wo, K] with ``taps_last``: same layout out."""
+    kh, kw = kernel
+    h_out, w_out = dy.shape[1:3] if taps_last else dy.shape[2:]
+    kwargs = dict(dtype=dy.dtype, device=dy.device)
+    tap_y = (torch.arange(kh, **kwargs) * dilation).repeat_interleave(kw)
+    tap_x = (torch.arange(kw, **kwargs) * dilation).repeat(kh)
+    out_y = torch.arange(h_out, **kwargs) * stride - padding
+    out_x = torch.arange(w_out, **kwargs) * stride - padding
+    if taps_last:
+        rows = out_y[:, None, None] + tap_y[None, None, :]
+        cols = out_x[None, :, None] + tap_x[None, None, :]
+    else:
+        rows = tap_y[:, None, None] + out_y[None, :, None]
+        cols = tap_x[:, None, None] + out_x[None, None, :]
+    return rows + dy, cols + dx
+
+
+def _bilinear_corners(y: Tensor, xs: Tensor, h: int, w: int) -> list[tuple[Tensor, Tensor]]:
+    """The four corners of each sample point of an h x w image: (flat pixel index, weight) per corner, shaped like
+    ``y``. A corner outside the image weighs 0, and so does every corner of a point outside the band
+    (-1, size) (official kernel)."""
+    inside = (y > -1) & (y < h) & (xs > -1) & (xs < w)
+    y0, x0 = torch.floor(y), torch.floor(xs)
     ly, lx = y - y0, xs - x0
-    hy, hx = 1 - ly, 1 - lx
     y0i, x0i = y0.long(), x0.long()
-    flat = x.reshape(b, c, h * w)
-    n = y[0].numel()
-    columns = None
-    for dy, dx, wgt in ((0, 0, hy * hx), (0, 1, hy * lx), (1, 0, ly * hx), (1, 1, ly * lx)):
-        yi, xi = y0i + dy, x0i + dx
-        valid = inside & (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).reshape(b, 1, n).expand(b, c, n)
-        coef = (wgt * valid.to(wgt.dtype)).reshape(b, 1, n)
-        term = torch.gather(flat, 2, index) * coef
-        columns = term if columns is None else columns + term
-    return columns
+    rows, cols = [], []  # per corner row / column: (flat offset, weight with its validity folded in)
+    for d, frac in ((0, 1 - ly), (1, ly)):
+        yi = y0i + d
+        rows.append((yi.clamp(0, h - 1) * w, frac * (inside & (yi >= 0) & (yi < h)).to(frac.dtype)))
+    for d, frac in ((0, 1 - lx), (1, lx)):
+        xi = x0i + d
+        cols.append((xi.clamp(0, w - 1), frac * ((xi >= 0) & (xi < w)).to(frac.dtype)))
+    # weight = row weight * col weight: the bilinear weight where the corner is valid, exactly 0 elsewhere
+    return [(r + c, wr * wc) for r, wr in rows for c, wc in cols]
 
 
-def _sample_grid(x: Tensor, y: Tensor, xs: Tensor) -> Tensor:
-    """``_sample_gather``'s values with ``F.grid_sample`` (vectorised over channels and threads: faster forward)."""
-    b, c, h, w = x.shape
-    k, h_out, w_out = y.shape[1:]
-    # align_corners=False: pixel p is at (2p + 1) / size - 1, defined for a 1-pixel-wide level too. Corners outside
-    # the image read zero (padding_mode "zeros"), as the official kernel; a point outside the band (-1, size) has
-    # every corner outside, so it reads 0 as there.
-    grid = torch.stack(((2 * xs + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1).reshape(b, k * h_out, w_out, 2)
-    columns = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, C, K*Ho, Wo]
-    return columns.reshape(b, c, k * h_out * w_out)
-
-
-SAMPLERS = {"gather": _sample_gather, "grid_sample": _sample_grid}
-
-
-def deform_conv2d_sampled(
-    x: Tensor,
-    offset: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    mask: Tensor | None = None,
-    stride: int = 1,
-    padding: int = 1,
-    dilation: int = 1,
-    sampling: str = "gather",
+def deform_conv2d_embedding_bag(
+    x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, mask: Tensor | None = None,
+    stride: int = 1, padding: int = 1, dilation: int = 1,
 ) -> Tensor:
     """``torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`` for one offset
-    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones);
-    ``sampling`` one of ``SAMPLERS``."""
-    b, c = x.shape[:2]
+    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones)."""
+    b, c, h, w = x.shape
     o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
-    kh, kw = weight.shape[-2:]
-    rows, cols = _tap_grid(kh, kw, h_out, w_out, stride, padding, dilation, offset)
-    y = rows + offset[:, 0::2]  # [B, K, Ho, Wo], in pixels
-    xs = cols + offset[:, 1::2]
-    columns = SAMPLERS[sampling](x, y, xs)  # [B, C, K*Ho*Wo]
+    # Bags ordered (image, output pixel, tap), so that each output pixel's K*C sampled values are one row.
+    pixel_major = offset.view(b, k, 2, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()  # [B, Ho, Wo, K, (dy, dx)]
+    y, xs = _sampling_points(pixel_major[..., 0], pixel_major[..., 1], weight.shape[-2:], stride, padding, dilation,
+                             taps_last=True)
+    corners = _bilinear_corners(y, xs, h, w)
+    first_row = (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1)
+    index = torch.stack([i for i, _ in corners], dim=-1) + first_row  # [B, Ho, Wo, K, 4] rows of ``table``
+    coef = torch.stack([wgt for _, wgt in corners], dim=-1)
     if mask is not None:
-        columns = columns * mask.reshape(b, 1, k * h_out * w_out)
+        coef = coef * mask.permute(0, 2, 3, 1).unsqueeze(-1)
+    table = x.permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()  # channels-last image rows (a strided table
+    # would take the kernel's slow path)
+    columns = F.embedding_bag(index.reshape(-1, 4), table, per_sample_weights=coef.reshape(-1, 4), mode="sum")
+    w_taps = weight.permute(0, 2, 3, 1).reshape(o, k * c)  # (tap, channel) order, as the columns
+    out = torch.matmul(w_taps, columns.view(b, h_out * w_out, k * c).transpose(1, 2))  # [B, O, Ho*Wo]
+    if bias is not None:
+        out = out + bias.view(1, o, 1)
+    return out.view(b, o, h_out, w_out)
+
+
+def deform_conv2d_gather(
+    x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, mask: Tensor | None = None,
+    stride: int = 1, padding: int = 1, dilation: int = 1,
+) -> Tensor:
+    """``deform_conv2d_embedding_bag``'s arithmetic with ``torch.gather`` and ``matmul`` only (ONNX operators)."""
+    b, c, h, w = x.shape
+    o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
+    y, xs = _sampling_points(offset[:, 0::2], offset[:, 1::2], weight.shape[-2:], stride, padding, dilation)
+    flat = x.reshape(b, c, h * w)
+    n = k * h_out * w_out
+    columns = None
+    for index, coef in _bilinear_corners(y, xs, h, w):
+        term = torch.gather(flat, 2, index.reshape(b, 1, n).expand(b, c, n)) * coef.reshape(b, 1, n)
+        columns = term if columns is None else columns + term
+    if mask is not None:
+        columns = columns * mask.reshape(b, 1, n)
     # [B, C, K, Ho*Wo] -> [B, C*K, Ho*Wo]: the order of weight.reshape(O, C*kh*kw)
-    columns = columns.reshape(b, c * k, h_out * w_out)
-    out = torch.matmul(weight.reshape(o, c * k), columns)
+    out = torch.matmul(weight.reshape(o, c * k), columns.reshape(b, c * k, h_out * w_out))
     if bias is not None:
         out = out + bias.reshape(1, o, 1)
     return out.reshape(b, o, h_out, w_out)
-
-
-#: The two CPU implementations under the names their callers use (same arguments as ``deform_conv2d_sampled``).
-deform_conv2d_gather = functools.partial(deform_conv2d_sampled, sampling="gather")
-deform_conv2d_grid_sample = functools.partial(deform_conv2d_sampled, sampling="grid_sample")

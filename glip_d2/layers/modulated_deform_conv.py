@@ -2,14 +2,14 @@
 
 The official DCN kernel indexes each image's offset/mask buffer as a contiguous [channels, H, W] array without
 checking its size; DyHead relies on that when a coarser level's conv reads offsets computed at a finer level
-(``kernel_view``). The arithmetic itself is ``torchvision.ops.deform_conv2d`` or the equivalent gathers or grid_sample of
-``deform_conv.py`` (``MODEL.DYHEAD.DEFORM_IMPL``).
+(``kernel_view``). The arithmetic itself is ``torchvision.ops.deform_conv2d`` or one of the equivalent
+implementations of ``deform_conv.py`` (``MODEL.DYHEAD.DEFORM_IMPL``).
 """
 import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-from .deform_conv import deform_conv2d_gather, deform_conv2d_grid_sample, resolve_deform_impl
+from .deform_conv import deform_conv2d_embedding_bag, deform_conv2d_gather, resolve_deform_impl
 
 __all__ = ["ModulatedDeformConv2d", "kernel_view", "modulated_deform_conv"]
 
@@ -45,7 +45,7 @@ def modulated_deform_conv(
     impl: str = "auto",
 ) -> Tensor:
     """DCNv2 (one deformable group) with the official op's semantics: ``torchvision.ops.deform_conv2d`` or the
-    equivalent gathers or grid_sample of ``deform_conv.py`` (``impl``, see ``MODEL.DYHEAD.DEFORM_IMPL``).
+    equivalent implementations of ``deform_conv.py`` (``impl``, see ``MODEL.DYHEAD.DEFORM_IMPL``).
 
     ``offset`` holds (dy, dx) per kernel tap, tap-major; ``mask`` is already sigmoid-ed. Offsets/masks whose
     spatial size differs from the output are re-read as the official kernel does (``kernel_view``). Under
@@ -56,16 +56,13 @@ def modulated_deform_conv(
     w_out = (x.shape[3] + 2 * padding - kw) // stride + 1
     offset = kernel_view(offset, 2 * kh * kw, h_out, w_out)
     mask = kernel_view(mask, kh * kw, h_out, w_out)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, offset, mask, weight, bias)
-    )
-    resolved = resolve_deform_impl(impl, x.device, needs_grad)
+    resolved = resolve_deform_impl(impl, x.device)
 
     def run(x, offset, mask, weight, bias):
+        if resolved == "embedding_bag":
+            return deform_conv2d_embedding_bag(x, offset, weight, bias, mask, stride, padding)
         if resolved == "gather":
             return deform_conv2d_gather(x, offset, weight, bias, mask, stride, padding)
-        if resolved == "grid_sample":
-            return deform_conv2d_grid_sample(x, offset, weight, bias, mask, stride, padding)
         return deform_conv2d(x, offset, weight, bias, stride=(stride, stride), padding=(padding, padding), mask=mask)
 
     device_type = x.device.type

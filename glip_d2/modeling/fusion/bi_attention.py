@@ -60,12 +60,13 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def _clamp(self, x: Tensor) -> Tensor:
-        if self.clamp_min_for_underflow:
-            x = x.clamp(min=-FP16_SAFE_LIMIT)
-        if self.clamp_max_for_overflow:
-            x = x.clamp(max=FP16_SAFE_LIMIT)
-        return x
+    def _clamp(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """The +-FP16_SAFE_LIMIT clamps, in one pass (in place when ``inplace``: a fresh tensor autograd does not need)."""
+        low = -FP16_SAFE_LIMIT if self.clamp_min_for_underflow else None
+        high = FP16_SAFE_LIMIT if self.clamp_max_for_overflow else None
+        if low is None and high is None:
+            return x
+        return x.clamp_(low, high) if inplace else x.clamp(low, high)
 
     def _heads(self, x: Tensor) -> Tensor:
         """[B, N, E] -> [B * heads, N, head_dim]."""
@@ -82,35 +83,44 @@ class BiMultiHeadAttention(nn.Module):
         if not self.training and self.num_heads * l.shape[1] < self.embed_dim:
             return self._forward_in_token_space(v, l, attention_mask_l)
         bsz, n_img, _ = v.shape
+        n_tok = l.shape[1]
         query = self._heads(self.v_proj(v) * self.scale)
         key = self._heads(self.l_proj(l))
         value_v = self._heads(self.values_v_proj(v))
         value_l = self._heads(self.values_l_proj(l))
-        scores = torch.bmm(query, key.transpose(1, 2))  # [B*h, N, T]
-        probs_v, probs_l = self._attention(scores, attention_mask_l, bsz)
-        out_v = self._merge(torch.bmm(probs_v, value_l), bsz)
-        out_l = self._merge(torch.bmm(probs_l, value_v), bsz)
+        scores = torch.bmm(query, key.transpose(1, 2)).view(bsz, self.num_heads, n_img, n_tok)
+        probs_v, probs_l = self._attention(scores, attention_mask_l)
+        flat = (bsz * self.num_heads, n_img, n_tok)
+        out_v = self._merge(torch.bmm(probs_v.view(flat), value_l), bsz)
+        out_l = self._merge(torch.bmm(probs_l.view(flat).transpose(1, 2), value_v), bsz)
         return self.out_v_proj(out_v), self.out_l_proj(out_l)
 
-    def _attention(self, scores: Tensor, attention_mask_l: Tensor | None, bsz: int) -> tuple[Tensor, Tensor]:
-        """Scores [B*h, N, T] -> (image->token probabilities [B*h, N, T], token->image [B*h, T, N])."""
-        n_img, n_tok = scores.shape[1:]
+    def _attention(self, scores: Tensor, attention_mask_l: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Scores [B, h, N, T] -> (image->token probabilities, softmax over T; token->image ones, softmax over N),
+        both laid out [B, h, N, T].
+
+        Without autograd every step after the first works in place, and the token->image softmax, whose inputs
+        already have their maximum at 0, is exp / sum (the kernel's own arithmetic, with less memory traffic).
+        """
+        inplace = not (torch.is_grad_enabled() and scores.requires_grad)
         if self.stable_softmax_2d:
             scores = scores - scores.max()  # one global max over the whole batch, as officially
-        scores = self._clamp(scores)
+        scores = self._clamp(scores, inplace)
 
-        # Tokens -> image: row-max subtraction and a second clamp, softmax over every image position, no mask.
-        scores_l = scores.transpose(1, 2)
-        scores_l = self._clamp(scores_l - scores_l.max(dim=-1, keepdim=True)[0])
-        probs_l = scores_l.softmax(dim=-1)
+        # Tokens -> image: max subtraction per token and a second clamp, softmax over every image position, no mask.
+        scores_l = self._clamp(scores - scores.amax(dim=2, keepdim=True), inplace)
+        if inplace:
+            probs_l = scores_l.exp_()
+            probs_l = probs_l.div_(probs_l.sum(dim=2, keepdim=True))
+        else:
+            probs_l = scores_l.softmax(dim=2)
 
         # Image -> tokens: the official adds the mask itself (so valid tokens get +1) and -9e15 at padding.
         if attention_mask_l is not None:
             m = attention_mask_l.to(scores.dtype)
             masked = torch.tensor(MASKED_SCORE, dtype=torch.float32, device=scores.device).to(scores.dtype)
             additive = torch.where(attention_mask_l == 0, masked, m)[:, None, None, :]
-            scores = scores.view(bsz, self.num_heads, n_img, n_tok) + additive
-            scores = scores.view(bsz * self.num_heads, n_img, n_tok)
+            scores = scores.add_(additive) if inplace else scores + additive
         probs_v = F.softmax(scores, dim=-1)
 
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
@@ -132,21 +142,22 @@ class BiMultiHeadAttention(nn.Module):
         w_q = self.v_proj.weight.view(h, d, v_dim)
         folded_q = torch.matmul(key, w_q) * self.scale  # [B, h, T, v_dim]
         folded_b = torch.matmul(key, self.v_proj.bias.view(h, d, 1)).squeeze(-1) * self.scale  # [B, h, T]
-        scores = torch.matmul(v.unsqueeze(1), folded_q.transpose(2, 3)) + folded_b.unsqueeze(2)  # [B, h, N, T]
-        probs_v, probs_l = self._attention(scores.reshape(bsz * h, n_img, n_tok), attention_mask_l, bsz)
+        scores = torch.matmul(v.unsqueeze(1), folded_q.transpose(2, 3)).add_(folded_b.unsqueeze(2))  # [B, h, N, T]
+        probs_v, probs_l = self._attention(scores, attention_mask_l)
 
         # tokens -> image: read v itself, then project with values_v_proj's per-head block
-        read = torch.matmul(probs_l.view(bsz, h, n_tok, n_img), v.unsqueeze(1))  # [B, h, T, v_dim]
+        probs_l = probs_l.transpose(2, 3)  # [B, h, T, N], a view
+        read = torch.matmul(probs_l, v.unsqueeze(1))  # [B, h, T, v_dim]
         w_v = self.values_v_proj.weight.view(h, d, v_dim)
         out_l = torch.matmul(read, w_v.transpose(1, 2))  # [B, h, T, d]
-        out_l = out_l + probs_l.view(bsz, h, n_tok, n_img).sum(-1, keepdim=True) * self.values_v_proj.bias.view(h, 1, d)
+        out_l = out_l + probs_l.sum(-1, keepdim=True) * self.values_v_proj.bias.view(h, 1, d)
         out_l = out_l.transpose(1, 2).reshape(bsz, n_tok, self.embed_dim)
 
         # image -> tokens: fold out_v_proj's per-head block into the token values
         value_l = self.values_l_proj(l).view(bsz, n_tok, h, d).transpose(1, 2)  # [B, h, T, d]
         w_o = self.out_v_proj.weight.view(v_dim, h, d).permute(1, 2, 0)  # [h, d, v_dim]
         folded_o = torch.matmul(value_l, w_o).reshape(bsz, h * n_tok, v_dim)
-        probs = probs_v.view(bsz, h, n_img, n_tok).transpose(1, 2).reshape(bsz, n_img, h * n_tok)
+        probs = probs_v.transpose(1, 2).reshape(bsz, n_img, h * n_tok)
         out_v = torch.baddbmm(self.out_v_proj.bias.expand(bsz, n_img, v_dim), probs, folded_o)
         return out_v, self.out_l_proj(out_l)
 

@@ -27,6 +27,7 @@ from ..dense_heads import GLIPAnchorGenerator, GLIPBoxCoder, GLIPLoss, GLIPPostP
 from ..glipv2.objectives import GLIPv2Objectives, build_glipv2_objectives
 from ..language import build_language_encoder
 from ..prompt_offset import PromptOffset
+from ..text_cache import TextFeatureCache
 from ..tuning import apply_tuning_mode, mode_uses_prompt_offset
 from ..vl_tower import VLTower
 from .stage_record import stage_dict
@@ -84,6 +85,7 @@ class GLIP(nn.Module):
         self.prompt_offset = prompt_offset  # prompt tuning's per-position text offset; None when not prompt-tuned
         self._frozen_parts: list[nn.Module] = []  # kept in eval mode while training (``set_tuning_mode``)
         self._stage_record = None  # a dict while inside ``stage_outputs()``
+        self.text_cache = TextFeatureCache()  # prompts' text features, kept only inside ``text_cache.enabled()``
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         if self.pixel_mean.shape != self.pixel_std.shape:
@@ -146,9 +148,17 @@ class GLIP(nn.Module):
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Tokenize and encode prompts for inference: {"hidden", "embedded", "masks", "input_ids"}. Padded to the
-        longest prompt (TEST_PAD_TO_LONGEST) or to MAX_QUERY_LEN; the detections are the same either way."""
+        longest prompt (TEST_PAD_TO_LONGEST) or to MAX_QUERY_LEN; the detections are the same either way.
+        Inside ``self.text_cache.enabled()`` (an evaluation, without autocast) each list of captions is encoded once."""
         pad_max = False if self.test_pad_to_longest and not self.training else None
-        return self.encode_tokens(*self.tokenize(captions, pad_max=pad_max))
+
+        def encode():
+            return self.encode_tokens(*self.tokenize(captions, pad_max=pad_max))
+
+        if torch.is_autocast_enabled(self.device.type):
+            return encode()
+        key = (tuple(captions), pad_max, self.training, str(self.device))
+        return self.text_cache.lookup(key, (self.language_encoder, self.prompt_offset), encode)
 
     def tokenize(self, captions: list[str], pad_max: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) [B, L] on the model's device; ``pad_max`` None = MODEL.LANGUAGE.PAD_MAX."""
