@@ -10,6 +10,7 @@ from detectron2.config import get_cfg
 from torchvision.ops import deform_conv2d
 
 from glip_d2 import add_glip_config
+from glip_d2.layers import ModulatedDeformConv2d
 from glip_d2.layers.deform_conv import deform_conv2d_embedding_bag, deform_conv2d_gather, resolve_deform_impl
 from glip_d2.modeling.dyhead import DyConv
 
@@ -164,3 +165,30 @@ def test_dyconv_inference_is_the_same_with_every_kernel():
     for impl in ("embedding_bag", "gather", "auto"):
         for ours, ref in zip(outputs[impl], outputs["torchvision"]):
             torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5, msg=impl)
+
+
+def test_inference_keeps_the_tap_weight_only_while_the_weight_is_unchanged():
+    """Without autograd the embedding-bag conv keeps its weight re-laid out between calls; a weight changed in place
+    (an optimizer step, ``load_state_dict``) or re-assigned is used at once. A channels-last input gives the same."""
+    conv = ModulatedDeformConv2d(4, 3, impl="embedding_bag").double()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 6, 7, generator=g, dtype=torch.float64)
+    offset = 1.5 * torch.randn(2, 18, 6, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(2, 9, 6, 7, generator=g, dtype=torch.float64)
+
+    def reference():
+        return deform_conv2d(x, offset, conv.weight, conv.bias, padding=(1, 1), mask=mask)
+
+    with torch.no_grad():
+        for change in (lambda: None, lambda: conv.weight.mul_(-2.0),
+                       lambda: conv.load_state_dict({"weight": torch.randn(3, 4, 3, 3, generator=g).double(),
+                                                     "bias": conv.bias.clone()}),
+                       lambda: setattr(conv, "weight", torch.nn.Parameter(conv.weight.flip(0).clone()))):
+            change()
+            torch.testing.assert_close(conv(x, offset, mask), reference(), rtol=0, atol=1e-12)
+            assert conv._tap_weight is not None
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(conv(channels_last, offset, mask), reference(), rtol=0, atol=1e-12)
+    out = conv(x.requires_grad_(), offset, mask)  # with autograd the weight's own graph is used
+    out.sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None

@@ -58,8 +58,11 @@ def test_cache_misses_after_a_weight_change_and_with_autograd():
             assert len(calls) == 3
             cache.lookup("a", [layer, None], compute)
             assert len(calls) == 3
+            layer.weight = nn.Parameter(torch.ones(2, 2))  # another tensor (its storage may reuse a freed one's)
+            cache.lookup("a", [layer, None], compute)
+            assert len(calls) == 4
         cache.lookup("a", [layer], compute)  # gradients on: bypassed
-        assert len(calls) == 4
+        assert len(calls) == 5
 
 
 def test_cache_keeps_the_most_recent_entries():

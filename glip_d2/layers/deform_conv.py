@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "DEFORM_IMPLS", "check_deform_impl", "deform_conv2d_embedding_bag", "deform_conv2d_gather",
-    "resolve_deform_impl",
+    "resolve_deform_impl", "tap_major",
 ]
 
 #: ``MODEL.DYHEAD.DEFORM_IMPL`` values.
@@ -81,47 +81,57 @@ def _sampling_points(dy: Tensor, dx: Tensor, kernel: tuple[int, int], stride: in
     return rows + dy, cols + dx
 
 
-def _bilinear_corners(y: Tensor, xs: Tensor, h: int, w: int) -> list[tuple[Tensor, Tensor]]:
-    """The four corners of each sample point of an h x w image: (flat pixel index, weight) per corner, shaped like
-    ``y``. A corner outside the image weighs 0, and so does every corner of a point outside the band
+def _axis_corners(p: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Along one axis of length ``size``: the two neighbours of each coordinate ``p`` (index clamped into the image,
+    [..., 2]) and their linear weights, exactly 0 for a neighbour outside the image or a point outside the band
     (-1, size) (official kernel)."""
-    inside = (y > -1) & (y < h) & (xs > -1) & (xs < w)
-    y0, x0 = torch.floor(y), torch.floor(xs)
-    ly, lx = y - y0, xs - x0
-    y0i, x0i = y0.long(), x0.long()
-    rows, cols = [], []  # per corner row / column: (flat offset, weight with its validity folded in)
-    for d, frac in ((0, 1 - ly), (1, ly)):
-        yi = y0i + d
-        rows.append((yi.clamp(0, h - 1) * w, frac * (inside & (yi >= 0) & (yi < h)).to(frac.dtype)))
-    for d, frac in ((0, 1 - lx), (1, lx)):
-        xi = x0i + d
-        cols.append((xi.clamp(0, w - 1), frac * ((xi >= 0) & (xi < w)).to(frac.dtype)))
-    # weight = row weight * col weight: the bilinear weight where the corner is valid, exactly 0 elsewhere
-    return [(r + c, wr * wc) for r, wr in rows for c, wc in cols]
+    p0 = torch.floor(p)
+    frac = p - p0
+    neighbours = p0.long().unsqueeze(-1) + torch.arange(2, device=p.device)  # [..., 2]
+    valid = (neighbours >= 0) & (neighbours < size) & ((p > -1) & (p < size)).unsqueeze(-1)
+    weight = torch.stack((1 - frac, frac), dim=-1) * valid.to(p.dtype)
+    return neighbours.clamp_(0, size - 1), weight
+
+
+def _bilinear_corners(y: Tensor, xs: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """The four corners of each sample point of an h x w image, in the order (0, 0), (0, 1), (1, 0), (1, 1):
+    flat pixel indices and weights, [*y.shape, 4]. A corner outside the image, or any corner of a point outside
+    the band (-1, size), weighs exactly 0 (official kernel)."""
+    rows, row_weight = _axis_corners(y, h)
+    cols, col_weight = _axis_corners(xs, w)
+    index = (rows * w).unsqueeze(-1) + cols.unsqueeze(-2)  # [..., 2, 2]
+    weight = row_weight.unsqueeze(-1) * col_weight.unsqueeze(-2)
+    return index.flatten(-2), weight.flatten(-2)
+
+
+def tap_major(weight: Tensor) -> Tensor:
+    """A conv weight [O, C, kh, kw] as [O, kh*kw*C], (tap, channel) order: the matrix the embedding-bag conv
+    multiplies (a caller that applies one weight many times may keep it and pass it as ``tap_weight``)."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
 def deform_conv2d_embedding_bag(
     x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, mask: Tensor | None = None,
-    stride: int = 1, padding: int = 1, dilation: int = 1,
+    stride: int = 1, padding: int = 1, dilation: int = 1, tap_weight: Tensor | None = None,
 ) -> Tensor:
     """``torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`` for one offset
-    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones)."""
+    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones);
+    ``tap_weight`` ``tap_major(weight)`` if the caller has it. ``x`` in channels-last memory is read in place."""
     b, c, h, w = x.shape
     o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
     # Bags ordered (image, output pixel, tap), so that each output pixel's K*C sampled values are one row.
-    pixel_major = offset.view(b, k, 2, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()  # [B, Ho, Wo, K, (dy, dx)]
+    pixel_major = offset.reshape(b, k, 2, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()  # [B, Ho, Wo, K, (dy, dx)]
     y, xs = _sampling_points(pixel_major[..., 0], pixel_major[..., 1], weight.shape[-2:], stride, padding, dilation,
                              taps_last=True)
-    corners = _bilinear_corners(y, xs, h, w)
-    first_row = (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1)
-    index = torch.stack([i for i, _ in corners], dim=-1) + first_row  # [B, Ho, Wo, K, 4] rows of ``table``
-    coef = torch.stack([wgt for _, wgt in corners], dim=-1)
+    index, coef = _bilinear_corners(y, xs, h, w)  # [B, Ho, Wo, K, 4]
+    if b > 1:  # rows of ``table``, which stacks the images
+        index = index + (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1)
     if mask is not None:
         coef = coef * mask.permute(0, 2, 3, 1).unsqueeze(-1)
     table = x.permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()  # channels-last image rows (a strided table
     # would take the kernel's slow path)
     columns = F.embedding_bag(index.reshape(-1, 4), table, per_sample_weights=coef.reshape(-1, 4), mode="sum")
-    w_taps = weight.permute(0, 2, 3, 1).reshape(o, k * c)  # (tap, channel) order, as the columns
+    w_taps = tap_major(weight) if tap_weight is None else tap_weight  # (tap, channel) order, as the columns
     out = torch.matmul(w_taps, columns.view(b, h_out * w_out, k * c).transpose(1, 2))  # [B, O, Ho*Wo]
     if bias is not None:
         out = out + bias.view(1, o, 1)
@@ -138,9 +148,11 @@ def deform_conv2d_gather(
     y, xs = _sampling_points(offset[:, 0::2], offset[:, 1::2], weight.shape[-2:], stride, padding, dilation)
     flat = x.reshape(b, c, h * w)
     n = k * h_out * w_out
+    index, coef = _bilinear_corners(y, xs, h, w)  # [B, K, Ho, Wo, 4]
     columns = None
-    for index, coef in _bilinear_corners(y, xs, h, w):
-        term = torch.gather(flat, 2, index.reshape(b, 1, n).expand(b, c, n)) * coef.reshape(b, 1, n)
+    for corner in range(4):
+        term = torch.gather(flat, 2, index[..., corner].reshape(b, 1, n).expand(b, c, n))
+        term = term * coef[..., corner].reshape(b, 1, n)
         columns = term if columns is None else columns + term
     if mask is not None:
         columns = columns * mask.reshape(b, 1, n)

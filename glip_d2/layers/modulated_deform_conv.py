@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-from .deform_conv import deform_conv2d_embedding_bag, deform_conv2d_gather, resolve_deform_impl
+from .deform_conv import deform_conv2d_embedding_bag, deform_conv2d_gather, resolve_deform_impl, tap_major
 
 __all__ = ["ModulatedDeformConv2d", "kernel_view", "modulated_deform_conv"]
 
@@ -43,9 +43,11 @@ def modulated_deform_conv(
     stride: int = 1,
     padding: int = 1,
     impl: str = "auto",
+    tap_weight: Tensor | None = None,
 ) -> Tensor:
     """DCNv2 (one deformable group) with the official op's semantics: ``torchvision.ops.deform_conv2d`` or the
-    equivalent implementations of ``deform_conv.py`` (``impl``, see ``MODEL.DYHEAD.DEFORM_IMPL``).
+    equivalent implementations of ``deform_conv.py`` (``impl``, see ``MODEL.DYHEAD.DEFORM_IMPL``); ``tap_weight``:
+    ``tap_major(weight)``, if the caller keeps it, for the embedding-bag implementation.
 
     ``offset`` holds (dy, dx) per kernel tap, tap-major; ``mask`` is already sigmoid-ed. Offsets/masks whose
     spatial size differs from the output are re-read as the official kernel does (``kernel_view``). Under
@@ -60,7 +62,8 @@ def modulated_deform_conv(
 
     def run(x, offset, mask, weight, bias):
         if resolved == "embedding_bag":
-            return deform_conv2d_embedding_bag(x, offset, weight, bias, mask, stride, padding)
+            taps = tap_weight if tap_weight is not None and tap_weight.dtype == weight.dtype else None
+            return deform_conv2d_embedding_bag(x, offset, weight, bias, mask, stride, padding, tap_weight=taps)
         if resolved == "gather":
             return deform_conv2d_gather(x, offset, weight, bias, mask, stride, padding)
         return deform_conv2d(x, offset, weight, bias, stride=(stride, stride), padding=(padding, padding), mask=mask)
@@ -97,9 +100,27 @@ class ModulatedDeformConv2d(nn.Module):
         bound = 1.0 / (in_channels * kernel_size * kernel_size) ** 0.5
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.bias)
+        self._tap_weight = None  # tap_major(weight) and what it was computed from (``_inference_tap_weight``)
+
+    def reads_channels_last(self, device: torch.device) -> bool:
+        """Whether this conv reads a channels-last input in place (the embedding bags), so that a caller feeding
+        one map to several convs converts it once."""
+        return resolve_deform_impl(self.impl, device) == "embedding_bag"
+
+    def _inference_tap_weight(self, device: torch.device) -> Tensor | None:
+        """``tap_major(weight)``, kept while the weight is the same tensor, storage and version (an in-place update,
+        ``load_state_dict`` or a new Parameter all recompute it), when no gradient flows to the weight."""
+        if not self.reads_channels_last(device) or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return None
+        w = self.weight
+        kept = self._tap_weight  # (the Parameter, a view holding its storage alive, version, re-laid-out weight)
+        if kept is None or kept[0] is not w or kept[1].data_ptr() != w.data_ptr() or kept[2] != w._version:
+            self._tap_weight = kept = (w, w.detach(), w._version, tap_major(w.detach()).contiguous())
+        return kept[3]
 
     def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
-        return modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.impl)
+        return modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.impl,
+                                     tap_weight=self._inference_tap_weight(x.device))
 
     def extra_repr(self) -> str:
         o, i, k, _ = self.weight.shape

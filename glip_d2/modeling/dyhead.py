@@ -112,6 +112,11 @@ class DyConv(nn.Module):
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         self._check_inputs(features)
+        sources = features  # what the three convs read: each map converted once if they read channels-last
+        if isinstance(self.same_conv.conv, ModulatedDeformConv2d) and self.same_conv.conv.reads_channels_last(
+            features[0].device
+        ):
+            sources = [x.contiguous(memory_format=torch.channels_last) for x in features]
         outputs = []
         for level, x in enumerate(features):
             offset = mask = None
@@ -120,11 +125,11 @@ class DyConv(nn.Module):
                 offset = offset_mask[:, :18]
                 mask = offset_mask[:, 18:].sigmoid()
             # Every candidate reads the block inputs and this level's offsets/masks.
-            candidates = [self.same_conv(x, offset, mask)]
+            candidates = [self.same_conv(sources[level], offset, mask)]
             if level > 0:
-                candidates.append(self.finer_conv(features[level - 1], offset, mask))
+                candidates.append(self.finer_conv(sources[level - 1], offset, mask))
             if level < len(features) - 1:
-                coarser = self.coarser_conv(features[level + 1], offset, mask)
+                coarser = self.coarser_conv(sources[level + 1], offset, mask)
                 # official F.upsample_bilinear == align_corners=True (official detail 2)
                 candidates.append(F.interpolate(coarser, size=x.shape[-2:], mode="bilinear", align_corners=True))
             stacked = torch.stack(candidates)

@@ -3,9 +3,10 @@
 The chunked LVIS evaluation sends the same 31 prompts with every image (COCO the same one or two); the text
 encoder's outputs depend only on the prompt and the weights, so while ``TextFeatureCache.enabled()`` is open
 (``GLIPTrainer.test`` opens it around each evaluation) each prompt is encoded once. Outside that block nothing is
-kept. Entries are also keyed on the state of every weight the features come from (each parameter's and buffer's
-storage and version counter), so weights loaded or updated in between are never served stale features. With
-autograd on, the cache is bypassed: cached tensors carry no graph.
+kept. The entries belong to one state of the weights the features come from: when any parameter or buffer is
+another tensor, has other storage or has been changed in place (its version counter moved: ``load_state_dict``, an
+optimizer step), they are dropped, so updated weights are never served stale features. With autograd on, the cache
+is bypassed: cached tensors carry no graph.
 """
 import contextlib
 from collections import OrderedDict
@@ -17,12 +18,8 @@ from torch import nn
 __all__ = ["TextFeatureCache"]
 
 
-def _weights_state(modules: Iterable[nn.Module | None]) -> tuple:
-    return tuple(
-        (t.data_ptr(), t._version)
-        for m in modules if m is not None
-        for t in (*m.parameters(), *m.buffers())
-    )
+def _weight_tensors(modules: Iterable[nn.Module | None]) -> list[torch.Tensor]:
+    return [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())]
 
 
 class TextFeatureCache:
@@ -33,6 +30,7 @@ class TextFeatureCache:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
         self._entries: OrderedDict = OrderedDict()
+        self._weights: list[tuple] = []  # (tensor, a view holding its storage alive, version) the entries came from
         self._depth = 0
 
     @contextlib.contextmanager
@@ -45,6 +43,7 @@ class TextFeatureCache:
             self._depth -= 1
             if self._depth == 0:
                 self._entries.clear()
+                self._weights = []
 
     @property
     def active(self) -> bool:
@@ -58,14 +57,22 @@ class TextFeatureCache:
         active. Returns a new dict each time (its tensors are shared: callers must not modify them in place)."""
         if not self.active:
             return compute()
-        modules = list(modules)
-        full_key = (key, _weights_state(modules))
-        entry = self._entries.get(full_key)
+        self._drop_if_weights_changed(_weight_tensors(modules))
+        entry = self._entries.get(key)
         if entry is None:
             entry = compute()
-            self._entries[full_key] = entry
+            self._entries[key] = entry
             if len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         else:
-            self._entries.move_to_end(full_key)
+            self._entries.move_to_end(key)
         return dict(entry)
+
+    def _drop_if_weights_changed(self, tensors: list[torch.Tensor]) -> None:
+        same = len(tensors) == len(self._weights) and all(
+            t is kept and t.data_ptr() == view.data_ptr() and t._version == version
+            for t, (kept, view, version) in zip(tensors, self._weights)
+        )
+        if not same:
+            self._entries.clear()
+            self._weights = [(t, t.detach(), t._version) for t in tensors]

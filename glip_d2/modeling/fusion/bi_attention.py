@@ -289,11 +289,12 @@ class BiAttentionFusion(nn.Module):
 
     @staticmethod
     def _unflatten(v: Tensor, sizes) -> list[Tensor]:
-        """[B, sum(H*W), C] -> per-level [B, C, H, W]."""
-        v = v.transpose(1, 2)
+        """[B, sum(H*W), C] -> per-level [B, C, H, W], as views in channels-last memory (no copy: the DyConv that
+        reads them next converts its inputs to channels-last anyway on the CPU)."""
+        b, _, c = v.shape
         out, start = [], 0
         for h, w in sizes:
-            out.append(v[:, :, start:start + h * w].reshape(v.shape[0], v.shape[1], h, w).contiguous())
+            out.append(v[:, start:start + h * w].view(b, h, w, c).permute(0, 3, 1, 2))
             start += h * w
         return out
 
