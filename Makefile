@@ -28,7 +28,7 @@ lint: install
 	$(PY) -m ruff check glip_d2 tests tools demo train_net.py
 
 benchmark: install
-	$(PY) tools/benchmark.py
+	$(PY) tools/speed_report.py
 
 clean:
 	rm -rf $(VENV) output datasets/synthetic

@@ -24,6 +24,7 @@ With random weights almost no box passes the 0.05 score threshold, so NMS time i
 ``--batch`` images carrying ``--objects`` random ground-truth boxes each, grounded to random prompt phrases.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -138,8 +139,9 @@ def run_variant(args) -> dict:
             if cuda:
                 torch.cuda.synchronize()
 
-    if args.cache_text:  # for the whole run: the first call encodes the prompts, later calls reuse them
-        model.text_cache.enabled().__enter__()
+    text_cache = contextlib.ExitStack()  # open for the whole run with --cache-text: the first call encodes the
+    if args.cache_text:  # prompts, later calls reuse them
+        text_cache.enter_context(model.text_cache.enabled())
     params = sum(p.numel() for p in model.parameters())
     rss_model = _rss_mb("VmRSS")
     warmup_times = []
@@ -151,11 +153,15 @@ def run_variant(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     peak_reset = _reset_peak_rss()
+    encodes = []  # text-encoder forwards in the timed runs
+    counter = model.language_encoder.register_forward_hook(lambda *_: encodes.append(1))
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
         forward()
         times.append(time.perf_counter() - start)
+    counter.remove()
+    text_cache.close()
     if cuda:
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         total = torch.cuda.max_memory_allocated() / 2**20
@@ -165,7 +171,7 @@ def run_variant(args) -> dict:
     names = sum(len(p["positive_map_labels"]) for p in prompts) if args.vocabulary == "lvis" else len(coco_names)
     return {"names": names, "prompts": len(prompts) if args.mode == "inference" else 1,
             "median_s": statistics.median(times), "min_s": min(times), "times": times,
-            "first_s": (warmup_times + times)[0], "warmup_times": warmup_times,
+            "first_s": (warmup_times + times)[0], "warmup_times": warmup_times, "text_encodes": len(encodes),
             "params_m": params / 1e6, "peak_extra_mb": peak, "peak_total_mb": total}
 
 

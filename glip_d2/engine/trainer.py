@@ -13,7 +13,8 @@ What differs from detectron2's ``DefaultTrainer`` and why:
   ``DATASETS.FEW_SHOT`` / ``SHUFFLE_SEED`` / ``GENERAL_COPY`` build the training set, ``SOLVER.MAX_EPOCH`` the
   schedule;
 * ``DATASETS.TRAIN_SAMPLING_RATIOS`` draws each training set at its share of the samples (detectron2's
-  ``RepeatFactorTrainingSampler``, factors from :mod:`glip_d2.data.sampling_ratios`).
+  ``RepeatFactorTrainingSampler``, factors from :mod:`glip_d2.data.sampling_ratios`);
+* ``test`` encodes each prompt's text once per evaluation (:mod:`glip_d2.modeling.text_cache`).
 """
 import contextlib
 import logging

@@ -53,7 +53,7 @@ class DyReLU(nn.Module):
         a2 = (a2 - 0.5) * 2.0
         b1 = b1 - 0.5
         b2 = b2 - 0.5
-        return torch.max(x * a1 + b1, x * a2 + b2)
+        return torch.maximum(torch.addcmul(b1, x, a1), torch.addcmul(b2, x, a2))
 
 
 class DyConv(nn.Module):
@@ -132,14 +132,12 @@ class DyConv(nn.Module):
                 coarser = self.coarser_conv(sources[level + 1], offset, mask)
                 # official F.upsample_bilinear == align_corners=True (official detail 2)
                 candidates.append(F.interpolate(coarser, size=x.shape[-2:], mode="bilinear", align_corners=True))
-            stacked = torch.stack(candidates)
-            if self.scale_attn is not None:
-                weights = torch.stack(
-                    [F.relu(self.scale_attn(F.adaptive_avg_pool2d(c, 1))) for c in candidates]
-                )
-                fused = torch.mean(stacked * F.hardsigmoid(weights), dim=0)
-            else:
-                fused = torch.mean(stacked, dim=0)
+            if self.scale_attn is not None:  # scale attention: hard sigmoid of a 1x1 conv on each candidate's GAP
+                candidates = [c * F.hardsigmoid(F.relu(self.scale_attn(F.adaptive_avg_pool2d(c, 1)))) for c in candidates]
+            fused = candidates[0]
+            for c in candidates[1:]:  # their mean, without stacking them
+                fused = fused + c
+            fused = fused / len(candidates)
             outputs.append(fused)
         act = self.dyrelu if self.dyrelu is not None else F.relu
         return [act(y) for y in outputs]
