@@ -9,8 +9,8 @@ optimised kernel that never materialises the four corner tensors; one matmul wit
 conv. torchvision's CPU kernels sample one point at a time: this is about 2.5x faster forward on a 256-channel
 DyHead level and 5x faster forward + backward (``tools/benchmark.py --baseline torchvision-dcn``).
 
-``deform_conv2d_gather``: the same arithmetic as four ``torch.gather`` calls, operators ONNX has, so the exporter
-uses it (``export.graph.gather_deform_conv``).
+``deform_conv2d_gather``: the same bags summed from one row gather per corner, operators ONNX has, so the exporter
+uses it (``export.graph.gather_deform_conv``). Both share every other step.
 
 Semantics are torchvision's (and the official DCN's): output pixel (i, j), tap (a, b) samples the input at
 ``(i*stride - pad + a*dilation + dy, j*stride - pad + b*dilation + dx)`` bilinearly, a corner outside the image
@@ -61,24 +61,20 @@ def _checked_output_shape(x, offset, weight, mask, stride, padding, dilation) ->
     return o, k, h_out, w_out
 
 
-def _sampling_points(dy: Tensor, dx: Tensor, kernel: tuple[int, int], stride: int, padding: int, dilation: int,
-                     taps_last: bool = False):
-    """Rows and cols (in pixels) each tap samples, from its offsets ``dy``, ``dx`` laid out [B, K, Ho, Wo]
-    (K = kh*kw, tap-major as the weight), or [B, Ho, Wo, K] with ``taps_last``: same layout out."""
+def _sampling_points(offset: Tensor, kernel: tuple[int, int], stride: int, padding: int, dilation: int):
+    """Rows and cols (in pixels) each tap samples, [B, Ho, Wo, K] each (K = kh*kw, tap-major as the weight), from
+    ``offset`` [B, 2K, Ho, Wo] ((dy, dx) per tap)."""
     kh, kw = kernel
-    h_out, w_out = dy.shape[1:3] if taps_last else dy.shape[2:]
-    kwargs = dict(dtype=dy.dtype, device=dy.device)
+    b, _, h_out, w_out = offset.shape
+    pixel_major = offset.reshape(b, kh * kw, 2, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()
+    kwargs = dict(dtype=offset.dtype, device=offset.device)
     tap_y = (torch.arange(kh, **kwargs) * dilation).repeat_interleave(kw)
     tap_x = (torch.arange(kw, **kwargs) * dilation).repeat(kh)
     out_y = torch.arange(h_out, **kwargs) * stride - padding
     out_x = torch.arange(w_out, **kwargs) * stride - padding
-    if taps_last:
-        rows = out_y[:, None, None] + tap_y[None, None, :]
-        cols = out_x[None, :, None] + tap_x[None, None, :]
-    else:
-        rows = tap_y[:, None, None] + out_y[None, :, None]
-        cols = tap_x[:, None, None] + out_x[None, None, :]
-    return rows + dy, cols + dx
+    rows = out_y[:, None, None] + tap_y[None, None, :]
+    cols = out_x[None, :, None] + tap_x[None, None, :]
+    return rows + pixel_major[..., 0], cols + pixel_major[..., 1]
 
 
 def _axis_corners(p: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -110,27 +106,33 @@ def tap_major(weight: Tensor) -> Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def deform_conv2d_embedding_bag(
-    x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, mask: Tensor | None = None,
-    stride: int = 1, padding: int = 1, dilation: int = 1, tap_weight: Tensor | None = None,
-) -> Tensor:
-    """``torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`` for one offset
-    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones);
-    ``tap_weight`` ``tap_major(weight)`` if the caller has it. ``x`` in channels-last memory is read in place."""
+def _sample_embedding_bag(table: Tensor, index: Tensor, coef: Tensor) -> Tensor:
+    """Row i of the result: sum over j of ``coef[i, j] * table[index[i, j]]``, in one kernel."""
+    return F.embedding_bag(index, table, per_sample_weights=coef, mode="sum")
+
+
+def _sample_gather(table: Tensor, index: Tensor, coef: Tensor) -> Tensor:
+    """``_sample_embedding_bag``'s values with one row gather per corner (ONNX Gather)."""
+    columns = table.index_select(0, index[:, 0]) * coef[:, :1]
+    for corner in range(1, index.shape[1]):
+        columns = columns + table.index_select(0, index[:, corner]) * coef[:, corner:corner + 1]
+    return columns
+
+
+def _deform_conv2d(x, offset, weight, bias, mask, stride, padding, dilation, tap_weight, sample) -> Tensor:
+    """Both implementations: bags of bilinear corners (weights x mask) over the channels-last image rows, ordered
+    (image, output pixel, tap) so each output pixel's K*C samples are one row, then one matmul."""
     b, c, h, w = x.shape
     o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
-    # Bags ordered (image, output pixel, tap), so that each output pixel's K*C sampled values are one row.
-    pixel_major = offset.reshape(b, k, 2, h_out, w_out).permute(0, 3, 4, 1, 2).contiguous()  # [B, Ho, Wo, K, (dy, dx)]
-    y, xs = _sampling_points(pixel_major[..., 0], pixel_major[..., 1], weight.shape[-2:], stride, padding, dilation,
-                             taps_last=True)
+    y, xs = _sampling_points(offset, weight.shape[-2:], stride, padding, dilation)
     index, coef = _bilinear_corners(y, xs, h, w)  # [B, Ho, Wo, K, 4]
     if b > 1:  # rows of ``table``, which stacks the images
         index = index + (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1)
     if mask is not None:
         coef = coef * mask.permute(0, 2, 3, 1).unsqueeze(-1)
     table = x.permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()  # channels-last image rows (a strided table
-    # would take the kernel's slow path)
-    columns = F.embedding_bag(index.reshape(-1, 4), table, per_sample_weights=coef.reshape(-1, 4), mode="sum")
+    # would take the embedding bag's slow path)
+    columns = sample(table, index.reshape(-1, 4), coef.reshape(-1, 4))  # [B*Ho*Wo*K, C]
     w_taps = tap_major(weight) if tap_weight is None else tap_weight  # (tap, channel) order, as the columns
     out = torch.matmul(w_taps, columns.view(b, h_out * w_out, k * c).transpose(1, 2))  # [B, O, Ho*Wo]
     if bias is not None:
@@ -138,26 +140,19 @@ def deform_conv2d_embedding_bag(
     return out.view(b, o, h_out, w_out)
 
 
+def deform_conv2d_embedding_bag(
+    x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, mask: Tensor | None = None,
+    stride: int = 1, padding: int = 1, dilation: int = 1, tap_weight: Tensor | None = None,
+) -> Tensor:
+    """``torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)`` for one offset
+    group and one weight group; ``offset`` [B, 2K, Ho, Wo], ``mask`` [B, K, Ho, Wo] or None (all ones);
+    ``tap_weight`` ``tap_major(weight)`` if the caller has it. ``x`` in channels-last memory is read in place."""
+    return _deform_conv2d(x, offset, weight, bias, mask, stride, padding, dilation, tap_weight, _sample_embedding_bag)
+
+
 def deform_conv2d_gather(
     x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, mask: Tensor | None = None,
     stride: int = 1, padding: int = 1, dilation: int = 1,
 ) -> Tensor:
-    """``deform_conv2d_embedding_bag``'s arithmetic with ``torch.gather`` and ``matmul`` only (ONNX operators)."""
-    b, c, h, w = x.shape
-    o, k, h_out, w_out = _checked_output_shape(x, offset, weight, mask, stride, padding, dilation)
-    y, xs = _sampling_points(offset[:, 0::2], offset[:, 1::2], weight.shape[-2:], stride, padding, dilation)
-    flat = x.reshape(b, c, h * w)
-    n = k * h_out * w_out
-    index, coef = _bilinear_corners(y, xs, h, w)  # [B, K, Ho, Wo, 4]
-    columns = None
-    for corner in range(4):
-        term = torch.gather(flat, 2, index[..., corner].reshape(b, 1, n).expand(b, c, n))
-        term = term * coef[..., corner].reshape(b, 1, n)
-        columns = term if columns is None else columns + term
-    if mask is not None:
-        columns = columns * mask.reshape(b, 1, n)
-    # [B, C, K, Ho*Wo] -> [B, C*K, Ho*Wo]: the order of weight.reshape(O, C*kh*kw)
-    out = torch.matmul(weight.reshape(o, c * k), columns.reshape(b, c * k, h_out * w_out))
-    if bias is not None:
-        out = out + bias.reshape(1, o, 1)
-    return out.reshape(b, o, h_out, w_out)
+    """``deform_conv2d_embedding_bag`` with row gathers and ``matmul`` only (ONNX operators)."""
+    return _deform_conv2d(x, offset, weight, bias, mask, stride, padding, dilation, None, _sample_gather)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
 from .deform_conv import deform_conv2d_embedding_bag, deform_conv2d_gather, resolve_deform_impl, tap_major
+from .weights_snapshot import WeightsSnapshot
 
 __all__ = ["ModulatedDeformConv2d", "kernel_view", "modulated_deform_conv"]
 
@@ -100,7 +101,8 @@ class ModulatedDeformConv2d(nn.Module):
         bound = 1.0 / (in_channels * kernel_size * kernel_size) ** 0.5
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.bias)
-        self._tap_weight = None  # tap_major(weight) and what it was computed from (``_inference_tap_weight``)
+        self._tap_weight = None  # tap_major(weight) for inference, valid while ``_tap_source`` matches the weight
+        self._tap_source = WeightsSnapshot()
 
     def reads_channels_last(self, device: torch.device) -> bool:
         """Whether this conv reads a channels-last input in place (the embedding bags), so that a caller feeding
@@ -112,11 +114,10 @@ class ModulatedDeformConv2d(nn.Module):
         ``load_state_dict`` or a new Parameter all recompute it), when no gradient flows to the weight."""
         if not self.reads_channels_last(device) or (torch.is_grad_enabled() and self.weight.requires_grad):
             return None
-        w = self.weight
-        kept = self._tap_weight  # (the Parameter, a view holding its storage alive, version, re-laid-out weight)
-        if kept is None or kept[0] is not w or kept[1].data_ptr() != w.data_ptr() or kept[2] != w._version:
-            self._tap_weight = kept = (w, w.detach(), w._version, tap_major(w.detach()).contiguous())
-        return kept[3]
+        if self._tap_weight is None or not self._tap_source.matches([self.weight]):
+            self._tap_source.take([self.weight])
+            self._tap_weight = tap_major(self.weight.detach()).contiguous()
+        return self._tap_weight
 
     def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         return modulated_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding, self.impl,

@@ -15,6 +15,8 @@ from collections.abc import Callable, Hashable, Iterable
 import torch
 from torch import nn
 
+from ..layers.weights_snapshot import WeightsSnapshot
+
 __all__ = ["TextFeatureCache"]
 
 
@@ -30,7 +32,7 @@ class TextFeatureCache:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
         self._entries: OrderedDict = OrderedDict()
-        self._weights: list[tuple] = []  # (tensor, a view holding its storage alive, version) the entries came from
+        self._weights = WeightsSnapshot()  # the weights the entries were computed from
         self._depth = 0
 
     @contextlib.contextmanager
@@ -43,7 +45,7 @@ class TextFeatureCache:
             self._depth -= 1
             if self._depth == 0:
                 self._entries.clear()
-                self._weights = []
+                self._weights.clear()
 
     @property
     def active(self) -> bool:
@@ -57,7 +59,10 @@ class TextFeatureCache:
         active. Returns a new dict each time (its tensors are shared: callers must not modify them in place)."""
         if not self.active:
             return compute()
-        self._drop_if_weights_changed(_weight_tensors(modules))
+        weights = _weight_tensors(modules)
+        if not self._weights.matches(weights):
+            self._entries.clear()
+            self._weights.take(weights)
         entry = self._entries.get(key)
         if entry is None:
             entry = compute()
@@ -67,12 +72,3 @@ class TextFeatureCache:
         else:
             self._entries.move_to_end(key)
         return dict(entry)
-
-    def _drop_if_weights_changed(self, tensors: list[torch.Tensor]) -> None:
-        same = len(tensors) == len(self._weights) and all(
-            t is kept and t.data_ptr() == view.data_ptr() and t._version == version
-            for t, (kept, view, version) in zip(tensors, self._weights)
-        )
-        if not same:
-            self._entries.clear()
-            self._weights = [(t, t.detach(), t._version) for t in tensors]
